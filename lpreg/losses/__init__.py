@@ -1,0 +1,138 @@
+"""Policy losses: pure functions ``(LossInputs, cfg) -> (loss, metrics)``, one per ``conf/regularizer`` option.
+
+``cfg`` is the regularizer's config node: any mapping with the keys of ``conf/regularizer/<name>.yaml``.
+Every loss returns a 0-d tensor and a dict of floats holding at least ``loss/pg``, ``loss/reg`` (their sum is the
+loss) and ``policy/clipfrac``. Shapes: ``[B, T]`` = responses × response positions, ``V`` = vocabulary.
+
+Each registry entry also says which extra targets the trainer must provide (``needs``): ``proxy``
+(π_proxy at the sampled token, from π_old), ``entropy`` (per-token entropy with gradient), ``logits``
+(current temperature-scaled logits with gradient), ``old_logits`` (π_old's temperature-scaled logits).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, Callable, Mapping
+
+import torch
+
+from lpreg.registry import Registry
+
+LOG_RATIO_CLAMP = 20.0  # |log r| is clamped before exp (as verl does) so a ratio can never overflow
+
+
+@dataclass(frozen=True)
+class LossInputs:
+    log_prob: torch.Tensor  # [B, T] log π_θ(y), with gradient
+    old_log_prob: torch.Tensor  # [B, T] log π_old(y)
+    advantages: torch.Tensor  # [B, T]
+    response_mask: torch.Tensor  # [B, T] 1 for response tokens, 0 for padding
+    proxy_log_prob: torch.Tensor | None = None  # [B, T] log π_proxy(y), detached
+    entropy: torch.Tensor | None = None  # [B, T] full-vocabulary entropy at T, with gradient
+    logits: torch.Tensor | None = None  # [B, T, V] current logits at T, with gradient
+    old_logits: torch.Tensor | None = None  # [B, T, V] π_old logits at T, detached
+    lowprob_threshold: float | None = None  # log-prob δ fixed over the rollout (Lp-Reg ``scope: batch``)
+
+
+LossFn = Callable[[LossInputs, Mapping[str, Any]], tuple[torch.Tensor, dict[str, float]]]
+
+
+@dataclass(frozen=True)
+class LossSpec:
+    fn: LossFn
+    needs: Callable[[Mapping[str, Any]], frozenset[str]]
+
+
+LOSSES: Registry[LossSpec] = Registry("regularizer")
+
+
+def register_loss(name: str, needs: Callable[[Mapping[str, Any]], frozenset[str]] = lambda cfg: frozenset()):
+    def deco(fn: LossFn) -> LossFn:
+        LOSSES.register(name)(LossSpec(fn, needs))
+        return fn
+
+    return deco
+
+
+def get_loss(name: str) -> LossFn:
+    """The loss function registered as ``name`` (a ``conf/regularizer`` option)."""
+    return LOSSES.get(name).fn
+
+
+def loss_needs(name: str, cfg: Mapping[str, Any]) -> frozenset[str]:
+    """Extra targets (``proxy``, ``entropy``, ``logits``, ``old_logits``) that loss ``name`` needs under ``cfg``."""
+    return LOSSES.get(name).needs(cfg)
+
+
+# ---- shared pieces ----------------------------------------------------------------------------------------
+
+
+def masked_mean(x: torch.Tensor, mask: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
+    """Σ m·x / (Σ m + eps): the reference's token-mean."""
+    return (x * mask).sum() / (mask.sum() + eps)
+
+
+def _seq_mean_token_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    per_seq = (x * mask).sum(-1) / mask.sum(-1).clamp_min(1)  # [B]
+    has = (mask.sum(-1) > 0).to(x.dtype)  # [B]
+    return (per_seq * has).sum() / has.sum().clamp_min(1)
+
+
+def _seq_mean_token_sum(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    return (x * mask).sum(-1).mean()
+
+
+AGGREGATIONS = {"token-mean": masked_mean, "seq-mean-token-mean": _seq_mean_token_mean,
+                "seq-mean-token-sum": _seq_mean_token_sum}
+
+
+def aggregate(x: torch.Tensor, mask: torch.Tensor, mode: str = "token-mean") -> torch.Tensor:
+    """Reduce a per-token loss ``[B, T]`` to a scalar: token-mean (default), seq-mean-token-mean/-sum."""
+    if mode not in AGGREGATIONS:
+        raise KeyError(f"unknown loss aggregation {mode!r}; valid: {', '.join(AGGREGATIONS)}")
+    return AGGREGATIONS[mode](x, mask)
+
+
+def ratio(log_prob: torch.Tensor, old_log_prob: torch.Tensor) -> torch.Tensor:
+    """r = exp(log π_θ - log π_old), log-ratio clamped to ±20."""
+    return torch.exp((log_prob - old_log_prob).clamp(-LOG_RATIO_CLAMP, LOG_RATIO_CLAMP))
+
+
+def ppo_clip(r: torch.Tensor, adv: torch.Tensor, clip_low: float, clip_high: float):
+    """PPO max-form ℓ = max(-A r, -A clip(r, 1-ε_low, 1+ε_high)); returns (ℓ, clipped) both ``[B, T]``."""
+    unclipped = -adv * r
+    clipped = -adv * r.clamp(1 - clip_low, 1 + clip_high)
+    return torch.maximum(unclipped, clipped), clipped > unclipped
+
+
+def k3(log_ratio: torch.Tensor, bound: float = 10.0) -> torch.Tensor:
+    """Clamped k3 estimator: clamp(ρ - log ρ - 1, -bound, bound) with log ρ = ``log_ratio``.
+
+    The log-ratio is clamped at 20 before ``exp`` so that the value never overflows; beyond ρ* = 13.61 k3 is
+    already clamped at 10 and its gradient is 0, so the extra clamp changes neither value nor gradient.
+    """
+    lr = log_ratio.clamp(max=LOG_RATIO_CLAMP)
+    return (torch.exp(lr) - lr - 1).clamp(-bound, bound)
+
+
+def approx_kl(log_prob: torch.Tensor, old_log_prob: torch.Tensor, mask: torch.Tensor) -> float:
+    """k3 estimate of KL(π_θ‖π_old) on sampled tokens (``policy/approx_kl``)."""
+    return masked_mean(k3(old_log_prob.detach() - log_prob.detach(), bound=math.inf), mask).item()
+
+
+def select_lowest(values: torch.Tensor, candidates: torch.Tensor, k: int) -> torch.Tensor:
+    """Boolean mask of the ``k`` smallest ``values`` among ``candidates`` (ties: lower flat index first)."""
+    flat = values.detach().masked_fill(~candidates, math.inf).flatten()
+    order = torch.sort(flat, stable=True).indices[:k]
+    out = torch.zeros_like(flat, dtype=torch.bool)
+    out[order] = True
+    return out.view_as(values)
+
+
+def pg_metrics(pg: torch.Tensor, reg: torch.Tensor, clipfrac: torch.Tensor) -> dict[str, float]:
+    return {"loss/pg": pg.item(), "loss/reg": reg.item(), "policy/clipfrac": clipfrac.item()}
+
+
+# Import for the registration side effect: one module per family.
+from lpreg.losses import cov, lpreg, ppo  # noqa: E402,F401

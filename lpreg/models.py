@@ -1,0 +1,180 @@
+"""Policies: the embedded tiny model (built, warmed up, cached) and any Hugging Face causal LM.
+
+The embedded model is a real ``Qwen2ForCausalLM`` built from a ``Qwen2Config`` with a character-level tokenizer
+that is a real ``PreTrainedTokenizerFast``; both are saved and loaded with ``save_pretrained``/``from_pretrained``,
+so the real-model path (``model=hf model.path=...``) runs the same code.
+
+The tiny model starts from a short supervised warm-up on the task's training split, which turns the random init
+into a base policy with a real spread of token probabilities. The warm-up is deterministic, run once, and cached
+under ``model.cache_dir`` by a hash of everything that determines it (model config, warm-up settings, task).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import json
+import logging
+import os
+import random
+import shutil
+import tempfile
+from dataclasses import asdict
+from pathlib import Path
+
+import torch
+from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
+from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerFast, Qwen2Config, Qwen2ForCausalLM
+
+log = logging.getLogger(__name__)
+
+PAD, EOS, UNK = "<pad>", "<eos>", "<unk>"
+CHARS = "0123456789 +-*/=().,?:abcdefghijklmnopqrstuvwxyz"
+WARMUP_VERSION = 1  # bump when the warm-up procedure changes, so that old caches are not reused
+
+
+def build_char_tokenizer() -> PreTrainedTokenizerFast:
+    """A one-character-per-token tokenizer: specials, digits, a few operators and lowercase letters."""
+    vocab = {tok: i for i, tok in enumerate([PAD, EOS, UNK, *CHARS])}
+    tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token=UNK))
+    tok.pre_tokenizer = pre_tokenizers.Split(Regex("."), behavior="isolated")
+    tok.decoder = decoders.Fuse()
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok, pad_token=PAD, eos_token=EOS, unk_token=UNK, padding_side="left"
+    )
+
+
+def build_tiny_model(cfg, vocab_size: int, seed: int) -> Qwen2ForCausalLM:
+    """A Qwen2 causal LM from ``cfg`` (a ``TinyModelConfig``); random init from ``seed``."""
+    if cfg.vocab_size < vocab_size:
+        raise ValueError(f"model.vocab_size={cfg.vocab_size} is smaller than the tokenizer's {vocab_size} tokens")
+    config = Qwen2Config(
+        vocab_size=cfg.vocab_size,
+        hidden_size=cfg.hidden_size,
+        intermediate_size=cfg.intermediate_size,
+        num_hidden_layers=cfg.num_layers,
+        num_attention_heads=cfg.num_heads,
+        num_key_value_heads=cfg.num_heads,
+        max_position_embeddings=cfg.max_positions,
+        tie_word_embeddings=True,
+        pad_token_id=0,
+        eos_token_id=1,
+        bos_token_id=1,
+    )
+    torch.manual_seed(seed)
+    return Qwen2ForCausalLM(config)
+
+
+def _sft_batch(tokenizer, examples: list[tuple[str, str]]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Right-padded ``prompt + target + eos`` ids with labels only on target and eos (-100 elsewhere)."""
+    ids, labels = [], []
+    for prompt, target in examples:
+        p = tokenizer.encode(prompt, add_special_tokens=False)
+        t = tokenizer.encode(target, add_special_tokens=False) + [tokenizer.eos_token_id]
+        ids.append(p + t)
+        labels.append([-100] * len(p) + t)
+    width = max(len(x) for x in ids)
+    input_ids = torch.full((len(ids), width), tokenizer.pad_token_id)  # [B, L]
+    label_ids = torch.full((len(ids), width), -100)  # [B, L]
+    mask = torch.zeros((len(ids), width), dtype=torch.long)  # [B, L]
+    for i, (x, y) in enumerate(zip(ids, labels)):
+        input_ids[i, : len(x)] = torch.tensor(x)
+        label_ids[i, : len(y)] = torch.tensor(y)
+        mask[i, : len(x)] = 1
+    return input_ids, mask, label_ids
+
+
+def supervised_warmup(model, tokenizer, examples: list[tuple[str, str]], cfg, seed: int) -> list[float]:
+    """Teacher-forced cross-entropy on ``(prompt, target)`` pairs; returns the loss every 50 steps."""
+    rng = random.Random(seed)
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.warmup_lr)
+    model.train()
+    losses = []
+    for step in range(cfg.warmup_steps):
+        batch = rng.sample(examples, min(cfg.warmup_batch_size, len(examples)))
+        input_ids, mask, labels = _sft_batch(tokenizer, batch)
+        loss = model(input_ids=input_ids, attention_mask=mask, labels=labels).loss
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        if step % 50 == 0 or step == cfg.warmup_steps - 1:
+            losses.append(round(loss.item(), 4))
+    model.eval()
+    return losses
+
+
+def warmup_key(cfg, task_key: str) -> str:
+    """Hash of everything the cached warm-up depends on."""
+    payload = {k: v for k, v in asdict(cfg).items() if k not in ("cache_dir", "kind")}
+    payload.update(task=task_key, version=WARMUP_VERSION)
+    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
+
+
+@contextlib.contextmanager
+def _file_lock(path: Path):
+    """Serialize the warm-up between processes (parallel Hydra jobs share one cache)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def tiny_policy_path(cfg, task) -> Path:
+    """Folder of the warmed-up tiny policy for ``task``; built (atomically, once) if missing."""
+    cache = Path(os.path.expanduser(cfg.cache_dir))
+    folder = cache / f"tiny-{task.name}-{warmup_key(cfg, task.cache_key())}"
+    if (folder / "config.json").exists():
+        return folder
+    with _file_lock(cache / ".lock"):
+        if (folder / "config.json").exists():  # another process finished it while we waited
+            return folder
+        log.info("warming up the tiny model (%d supervised steps); cached at %s", cfg.warmup_steps, folder)
+        tokenizer = build_char_tokenizer()
+        model = build_tiny_model(cfg, len(tokenizer), seed=cfg.warmup_seed)
+        losses = supervised_warmup(model, tokenizer, task.sft_examples(), cfg, seed=cfg.warmup_seed)
+        tmp = Path(tempfile.mkdtemp(dir=cache, prefix=".tmp-"))
+        try:
+            model.save_pretrained(tmp)
+            tokenizer.save_pretrained(tmp)
+            (tmp / "warmup.json").write_text(json.dumps({"losses": losses, "config": asdict(cfg)}, indent=1))
+            tmp.rename(folder)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+    return folder
+
+
+def load_pretrained(path: str | Path, dtype: str = "float32", trust_remote_code: bool = False):
+    """``(model, tokenizer)`` from a local folder or hub id, with a clear error for a bad path."""
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(str(path), trust_remote_code=trust_remote_code)
+        model = AutoModelForCausalLM.from_pretrained(
+            str(path), dtype=getattr(torch, dtype), trust_remote_code=trust_remote_code
+        )
+    except (OSError, ValueError) as err:
+        raise ValueError(
+            f"model.path={str(path)!r} could not be loaded as a Hugging Face causal LM ({err}). "
+            "Give a local folder saved with save_pretrained, or a hub id that is in the local HF cache."
+        ) from err
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    tokenizer.padding_side = "left"
+    model.eval()
+    return model, tokenizer
+
+
+def load_policy(cfg, task):
+    """The initial policy for a run: ``(model, tokenizer, path it was loaded from)``."""
+    if cfg.kind == "tiny":
+        path = tiny_policy_path(cfg, task)
+        model, tokenizer = load_pretrained(path)
+    else:
+        path = cfg.path
+        model, tokenizer = load_pretrained(path, cfg.dtype, cfg.trust_remote_code)
+        if cfg.gradient_checkpointing:
+            model.gradient_checkpointing_enable()
+    return model, tokenizer, str(path)
