@@ -16,6 +16,7 @@ import fcntl
 import hashlib
 import json
 import logging
+import math
 import os
 import random
 import shutil
@@ -31,7 +32,7 @@ log = logging.getLogger(__name__)
 
 PAD, EOS, UNK = "<pad>", "<eos>", "<unk>"
 CHARS = "0123456789 +-*/=().,?:abcdefghijklmnopqrstuvwxyz"
-WARMUP_VERSION = 1  # bump when the warm-up procedure changes, so that old caches are not reused
+WARMUP_VERSION = 2  # bump when the warm-up procedure changes, so that old caches are not reused
 
 
 def build_char_tokenizer() -> PreTrainedTokenizerFast:
@@ -86,9 +87,16 @@ def _sft_batch(tokenizer, examples: list[tuple[str, str]]) -> tuple[torch.Tensor
 
 
 def supervised_warmup(model, tokenizer, examples: list[tuple[str, str]], cfg, seed: int) -> list[float]:
-    """Teacher-forced cross-entropy on ``(prompt, target)`` pairs; returns the loss every 50 steps."""
+    """Teacher-forced cross-entropy on ``(prompt, target)`` pairs; returns the loss every 50 steps.
+
+    AdamW (no weight decay) with 30 steps of linear warm-up, then cosine decay to 0 over ``warmup_steps``
+    (measured: a constant rate of 2e-3 reached only ~7% greedy accuracy in 400 steps; this schedule at 3e-3 ~35%).
+    """
     rng = random.Random(seed)
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.warmup_lr)
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.warmup_lr, weight_decay=0.0)
+    n = cfg.warmup_steps
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: min(1.0, (s + 1) / 30) * 0.5 * (1 + math.cos(math.pi * min(s, n) / n)))
     model.train()
     losses = []
     for step in range(cfg.warmup_steps):
@@ -98,6 +106,7 @@ def supervised_warmup(model, tokenizer, examples: list[tuple[str, str]], cfg, se
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
+        sched.step()
         if step % 50 == 0 or step == cfg.warmup_steps - 1:
             losses.append(round(loss.item(), 4))
     model.eval()

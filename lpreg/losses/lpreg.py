@@ -37,9 +37,12 @@ from lpreg.proxy import proxy_distribution
 
 
 def _needs(cfg) -> frozenset[str]:
+    needs = {"proxy"}
     if cfg.get("divergence", "k3") == "forward_kl":
-        return frozenset({"proxy", "logits", "old_logits"})
-    return frozenset({"proxy"})
+        needs |= {"logits", "old_logits"}
+    if cfg.get("scope", "minibatch") == "batch":
+        needs.add("lowprob_threshold")
+    return frozenset(needs)
 
 
 def selection_count(n: int, rho: float) -> int:
@@ -101,3 +104,12 @@ def lpreg_loss(inp: LossInputs, cfg):
         "lpreg/noise_frac": float((cand & (inp.proxy_log_prob < -1e3)).sum()) / n_cand if n_cand else math.nan,
     })
     return pg + reg_loss, metrics
+
+
+def rollout_threshold(old_log_prob: torch.Tensor, adv: torch.Tensor, mask: torch.Tensor, cfg) -> float:
+    """δ for ``scope: batch``: the k-th smallest log π_old(y) over the rollout's negative tokens (−inf if k <= 1)."""
+    pool = (mask > 0) & (adv < 0)
+    k = selection_count(int(pool.sum()), cfg["rho"])
+    if k <= 1:
+        return -math.inf
+    return old_log_prob[pool].sort().values[k - 1].item()

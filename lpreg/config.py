@@ -1,0 +1,257 @@
+"""Structured configs: one dataclass per config-group option, registered in Hydra's ConfigStore.
+
+A typo (``trainer.stepz=3``) or a wrong type (``trainer.steps=abc``) fails at composition with Hydra's message.
+Each YAML under ``conf/<group>/`` extends its schema (``defaults: [schema_<name>, _self_]``); the YAMLs hold the
+values, the dataclasses hold the types. ``sweeps/*.yaml`` are registered here as the ``sweep`` group, so that
+``+sweep=<name>`` finds them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import MISSING, OmegaConf
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+# ---- model --------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class TinyModelConfig:
+    kind: str = "tiny"
+    vocab_size: int = 64
+    hidden_size: int = 128
+    intermediate_size: int = 512
+    num_layers: int = 2
+    num_heads: int = 4
+    max_positions: int = 32
+    warmup_steps: int = 500
+    warmup_lr: float = 3e-3
+    warmup_batch_size: int = 128
+    warmup_seed: int = 0
+    cache_dir: str = "${oc.env:LPREG_CACHE_DIR,'~/.cache/lpreg'}"
+
+
+@dataclass
+class HFModelConfig:
+    kind: str = "hf"
+    path: str = MISSING  # hub id (must be in the local HF cache) or a folder saved with save_pretrained
+    dtype: str = "bfloat16"
+    trust_remote_code: bool = False
+    gradient_checkpointing: bool = True
+
+
+# ---- task -----------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class ArithmeticTaskConfig:
+    name: str = "arithmetic"
+    digits: int = 2
+    n_test: int = 500
+    seed: int = 1234  # fixes the train/test split; independent of the run seed
+    max_response_len: int = 4
+
+
+@dataclass
+class MathTaskConfig:
+    name: str = "math"
+    train_file: str = MISSING
+    eval_files: list[str] = field(default_factory=list)
+    max_train: int = 0  # 0 = all
+    max_eval: int = 0  # per eval file; 0 = all
+    sampled_sources: list[str] = field(default_factory=lambda: ["aime24", "aime25"])
+    sampled_k: int = 16
+    sampled_temperature: float = 0.6
+    max_response_len: int = 8192
+
+
+# ---- rollout --------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class HFRolloutConfig:
+    name: str = "hf"
+    temperature: float = 1.0
+    group_size: int = 8
+
+
+@dataclass
+class VLLMRolloutConfig:
+    name: str = "vllm"
+    temperature: float = 1.0
+    group_size: int = 8
+    gpu_memory_utilization: float = 0.4
+    dtype: str = "bfloat16"
+    enforce_eager: bool = True
+    max_model_len: Optional[int] = None
+
+
+# ---- regularizers (one per conf/regularizer option) ------------------------------------------------------------
+
+
+@dataclass
+class PPOClip:
+    name: str = MISSING
+    clip_low: float = 0.2
+    clip_high: float = 0.2
+
+
+@dataclass
+class NoneReg(PPOClip):
+    name: str = "none"
+
+
+@dataclass
+class ClipHigherReg(PPOClip):
+    name: str = "clip_higher"
+    clip_high: float = 0.28
+
+
+@dataclass
+class EntropyReg(PPOClip):
+    name: str = "entropy"
+    entropy_coef: float = 0.002
+
+
+@dataclass
+class LpRegReg(PPOClip):
+    name: str = "lpreg"
+    kappa: float = 0.02
+    mode: str = "minp"
+    rho: float = 0.01
+    beta: float = 1.0
+    clip_low: float = 1.0
+    clip_high: float = 9.0
+    scope: str = "minibatch"
+    rho_pos: float = 0.0
+    divergence: str = "k3"
+
+
+@dataclass
+class KLCovReg:
+    name: str = "kl_cov"
+    k_percent: float = 0.2
+    kl_coef: float = 1.0
+
+
+@dataclass
+class ClipCovReg(PPOClip):
+    name: str = "clip_cov"
+    clip_ratio: float = 0.0002
+    cov_lb: float = 1.0
+    cov_ub: float = 5.0
+    clip_low: float = 1.0
+    clip_high: float = 1.0
+
+
+@dataclass
+class HighEntReg(PPOClip):
+    name: str = "highent_8020"
+    top_frac: float = 0.2
+
+
+@dataclass
+class GSPOReg(PPOClip):
+    name: str = "gspo"
+    clip_low: float = 3e-4
+    clip_high: float = 4e-4
+    loss_agg: str = "seq-mean-token-mean"
+
+
+REGULARIZER_SCHEMAS = {"none": NoneReg, "clip_higher": ClipHigherReg, "entropy": EntropyReg, "lpreg": LpRegReg,
+                       "kl_cov": KLCovReg, "clip_cov": ClipCovReg, "highent_8020": HighEntReg, "gspo": GSPOReg}
+
+
+# ---- trainer, eval, metrics, tracking -------------------------------------------------------------------------
+
+
+@dataclass
+class TrainerConfig:
+    steps: int = 200  # one step = one rollout batch (the paper's step)
+    prompts_per_step: int = 32
+    mini_batches: int = 4  # gradient steps per rollout; 1 = on-policy
+    micro_batch_size: int = 0  # sequences per forward/backward (gradient accumulation); 0 = whole mini-batch
+    lr: float = 3e-4
+    weight_decay: float = 0.0
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
+    grad_clip: float = 1.0
+    checkpoint_every: int = 100  # 0 = only at the end
+    num_threads: int = 1  # torch intra-op threads; 0 = torch's default
+    device: str = "auto"  # auto | cpu | cuda
+    resume: bool = False  # continue from the latest checkpoint in the job folder
+    logits_chunk: int = 4096  # rows per chunk for full-vocabulary work (proxy, entropy)
+
+
+@dataclass
+class EvalConfig:
+    every: int = 25  # steps between held-out evaluations; 0 = only at the end
+    at_start: bool = True  # evaluate the initial policy at step 0
+    samples: int = 4  # k for avg@k / pass@k on greedy sources; 0 = greedy only
+    temperature: float = 1.0
+    batch_size: int = 512
+
+
+@dataclass
+class MetricsConfig:
+    lowprob_threshold: float = 0.1  # policy/lowprob_frac counts sampled tokens with π_old(y) below this
+    tail_kappa: float = 0.02  # κ of policy/tail_mass
+    sparks: dict[str, list[str]] = field(default_factory=dict)  # name -> tokens for sparks/<name>/prob
+    hist_bins: int = 20  # sampled-probability histogram bins on [0, 1]
+    samples_every: int = 50  # steps between tables of sample completions; 0 = off
+    samples_n: int = 8
+
+
+@dataclass
+class WandbConfig:
+    mode: str = "${oc.env:WANDB_MODE,offline}"  # offline | online | disabled
+    project: str = "lpreg"
+    entity: Optional[str] = None
+    group: Optional[str] = None  # default: the multirun (sweep) folder name
+    tags: list[str] = field(default_factory=list)
+
+
+@dataclass
+class ObjectiveConfig:
+    metric: str = "eval/mean"  # the value a sweep maximizes
+    mode: str = "final"  # final | best | last_mean (mean of the last ``last_n`` evaluations)
+    last_n: int = 3
+
+
+@dataclass
+class Config:
+    seed: int = 0
+    model: Any = MISSING
+    task: Any = MISSING
+    rollout: Any = MISSING
+    regularizer: Any = MISSING
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    metrics: MetricsConfig = field(default_factory=MetricsConfig)
+    wandb: WandbConfig = field(default_factory=WandbConfig)
+    objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
+
+
+def register_configs() -> None:
+    cs = ConfigStore.instance()
+    cs.store(name="config_schema", node=Config)
+    cs.store(group="model", name="schema_tiny", node=TinyModelConfig)
+    cs.store(group="model", name="schema_hf", node=HFModelConfig)
+    cs.store(group="task", name="schema_arithmetic", node=ArithmeticTaskConfig)
+    cs.store(group="task", name="schema_math", node=MathTaskConfig)
+    cs.store(group="rollout", name="schema_hf", node=HFRolloutConfig)
+    cs.store(group="rollout", name="schema_vllm", node=VLLMRolloutConfig)
+    for name, schema in REGULARIZER_SCHEMAS.items():
+        cs.store(group="regularizer", name=f"schema_{name}", node=schema)
+    for path in sorted((ROOT / "sweeps").glob("*.yaml")):
+        cs.store(group="sweep", name=path.stem, node=OmegaConf.load(path), package="_global_")
+
+
+def options(group: str) -> list[str]:
+    """The user-facing options of a config group (its YAML files)."""
+    return sorted(p.stem for p in (ROOT / "conf" / group).glob("*.yaml"))

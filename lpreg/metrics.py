@@ -1,0 +1,87 @@
+"""Every metric name lpreg logs, with a one-line definition, and the pure functions that compute them.
+
+The names are part of the interface (``../shared/DESIGN.md`` §4): analysis, W&B dashboards and sweeps read them.
+``<source>`` is an evaluation data source, ``<phase>`` a trainer phase, ``<name>`` a configured token set.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Iterable
+
+import torch
+
+METRICS: dict[str, str] = {
+    "policy/entropy": "full-vocabulary entropy of π_old at T on the rollout's response tokens, token-mean",
+    "policy/lowprob_frac": "fraction of sampled response tokens with π_old(y) < metrics.lowprob_threshold",
+    "policy/tail_mass": "mean over response positions of the mass the min-p filter (metrics.tail_kappa) removes, 1-Z",
+    "policy/sampled_prob_mean": "mean π_old(y) of sampled response tokens",
+    "policy/approx_kl": "k3 estimate of KL(π_θ‖π_old) on sampled tokens, mean over mini-batches",
+    "policy/clipfrac": "fraction of response tokens whose PPO clip is active (loss-specific), mean over mini-batches",
+    "lpreg/delta": "selection threshold: the largest π_θ(y) among selected candidates",
+    "lpreg/candidates": "number of selected low-probability negative tokens (k, or 0 when k <= 1), per mini-batch",
+    "lpreg/regularized": "number of candidates with π_θ(y) < π_proxy(y), i.e. regularized, per mini-batch",
+    "lpreg/reg_ratio": "regularized / candidates",
+    "lpreg/k3_mean": "mean regularizer value (k3 or forward KL) over regularized tokens",
+    "lpreg/proxy_ratio_mean": "mean π_proxy(y)/π_θ(y) over regularized tokens",
+    "lpreg/noise_frac": "fraction of candidates whose token the min-p filter removed (proxy ~ 0)",
+    "kl_cov/selected": "tokens KL-Cov penalized, per mini-batch",
+    "highent/kept": "tokens the 80/20 rule kept, per mini-batch",
+    "train/reward_mean": "mean sequence reward of the rollout",
+    "train/accuracy": "fraction of rollout responses graded correct",
+    "train/zero_adv_frac": "share of prompt groups whose rewards are all equal (zero advantage)",
+    "train/response_len_mean": "mean response length in tokens (end token included)",
+    "train/response_clip_frac": "share of responses that hit the length limit without the end token",
+    "loss/total": "the optimized loss, mean over mini-batches",
+    "loss/pg": "policy-gradient part of the loss",
+    "loss/reg": "regularizer part of the loss (entropy bonus, Lp-Reg, KL-Cov term)",
+    "optim/grad_norm": "gradient norm before clipping, mean over mini-batches",
+    "optim/lr": "learning rate",
+    "optim/skipped": "optimizer steps skipped for a non-finite gradient norm in this rollout step",
+    "eval/<source>/greedy": "held-out accuracy with greedy decoding",
+    "eval/<source>/avg@k": "held-out accuracy averaged over k samples at eval temperature",
+    "eval/<source>/pass@k": "unbiased pass@k over the same samples",
+    "eval/<source>/acc": "the source's primary score (greedy, or avg@k for sampled sources such as AIME)",
+    "eval/mean": "mean of eval/<source>/acc over sources",
+    "timing/<phase>": "seconds spent in a trainer phase this step",
+    "perf/tokens_per_s": "generated plus trained tokens per second of step time",
+    "sparks/<name>/prob": "mean sampled probability of the configured token set <name> (NaN when none sampled)",
+}
+
+TIMING_PREFIXES = ("timing/", "perf/")  # wall-clock dependent; kept out of the deterministic metrics file
+
+
+def token_entropy(logits: torch.Tensor) -> torch.Tensor:
+    """H = logsumexp(z) − Σ softmax(z)·z over the last axis: ``[..., V] -> [...]`` (keeps the graph)."""
+    return torch.logsumexp(logits, -1) - (torch.softmax(logits, -1) * logits).sum(-1)
+
+
+def masked_mean_value(x: torch.Tensor, mask: torch.Tensor) -> float:
+    n = mask.sum()
+    return (x * mask).sum().item() / n.item() if n > 0 else math.nan
+
+
+def probability_histogram(probs: torch.Tensor, mask: torch.Tensor, bins: int) -> list[int]:
+    """Counts of sampled-token probabilities over ``bins`` equal bins on [0, 1]."""
+    p = probs[mask > 0].float().clamp(0, 1)
+    return torch.histc(p, bins=bins, min=0.0, max=1.0).long().tolist()
+
+
+def pass_at_k(n: int, c: int, k: int) -> float:
+    """Unbiased pass@k from n samples with c correct (Chen et al. 2021)."""
+    if n - c < k:
+        return 1.0
+    return 1.0 - math.prod((n - c - i) / (n - i) for i in range(k))
+
+
+def mean_metrics(rows: Iterable[dict[str, float]]) -> dict[str, float]:
+    """Key-wise mean over dicts, ignoring NaN; NaN when a key has no finite value."""
+    acc: dict[str, list[float]] = {}
+    for row in rows:
+        for k, v in row.items():
+            acc.setdefault(k, []).append(v)
+    out = {}
+    for k, vs in acc.items():
+        finite = [v for v in vs if not math.isnan(v)]
+        out[k] = sum(finite) / len(finite) if finite else math.nan
+    return out

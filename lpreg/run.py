@@ -1,0 +1,139 @@
+"""Entry point: ``python -m lpreg.run [overrides]`` (one run) or ``python -m lpreg.run -m ...`` (multirun).
+
+The one place that reads the config: Hydra composes ``conf/`` against the structured schemas of
+``lpreg/config.py``; the resolved config is saved by Hydra in ``<job>/.hydra/`` and logged to W&B. Each job
+writes ``summary.json`` (status ``running`` -> ``completed`` | ``failed``) into its Hydra job folder.
+
+A failing job in a multirun is recorded (summary.json, a failed W&B run) and does not stop the other jobs; the
+multirun ends with a non-zero exit once all jobs ran (see ``lpreg/callbacks.py``). The task function returns
+the configured objective (``objective.*``), which the Optuna sweeper maximizes.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import subprocess
+import time
+import traceback
+from pathlib import Path
+
+import hydra
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
+from omegaconf import DictConfig, OmegaConf
+
+from lpreg.config import ROOT, register_configs
+
+log = logging.getLogger("lpreg")
+register_configs()
+
+
+def git_revision() -> str:
+    try:
+        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True,
+                              timeout=5).stdout.strip() or "unknown"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def objective(evals: list[dict], cfg) -> float:
+    """The sweep objective from the eval history: ``final``, ``best`` or ``last_mean`` of ``objective.metric``."""
+    vals = [e[cfg.metric] for e in evals if e.get(cfg.metric) is not None and not math.isnan(e[cfg.metric])]
+    if not vals:
+        return math.nan
+    if cfg.mode == "final":
+        return vals[-1]
+    if cfg.mode == "best":
+        return max(vals)
+    if cfg.mode == "last_mean":
+        return sum(vals[-cfg.last_n:]) / len(vals[-cfg.last_n:])
+    raise ValueError(f"objective.mode={cfg.mode!r} must be one of: final, best, last_mean")
+
+
+def summarize(evals: list[dict], last: dict, cfg_obj) -> dict:
+    """Final, best and initial held-out metrics (best = max over evaluations, the paper's protocol)."""
+    keys = sorted({k for e in evals for k in e if k.startswith("eval/")})
+    best = {k: max((e[k] for e in evals if k in e and not math.isnan(e[k])), default=None) for k in keys}
+    return {
+        "final": {k: v for k, v in (evals[-1].items() if evals else []) if k.startswith("eval/")},
+        "best": best,
+        "initial": {k: v for k, v in evals[0].items() if k.startswith("eval/")} if evals and evals[0]["step"] == 0 else {},
+        "final_step": evals[-1]["step"] if evals else None,
+        "last_train": {k: v for k, v in last.items() if k.split("/")[0] in ("policy", "train", "lpreg", "loss")},
+        "objective": objective(evals, cfg_obj.objective),
+    }
+
+
+def write_json(path: Path, data: dict) -> None:
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(data, indent=1, sort_keys=True, default=str))
+    tmp.replace(path)
+
+
+def print_table(summary: dict) -> None:
+    rows = [("metric", "start", "final", "best")]
+    for k in summary["final"]:
+        fmt = lambda v: "-" if v is None else f"{v:.4f}"  # noqa: E731
+        rows.append((k, fmt(summary["initial"].get(k)), fmt(summary["final"].get(k)), fmt(summary["best"].get(k))))
+    for k in ("policy/entropy", "train/reward_mean", "lpreg/regularized"):
+        if k in summary["last_train"] and summary["last_train"][k] is not None:
+            rows.append((k + " (last step)", "", f"{summary['last_train'][k]:.4f}", ""))
+    width = [max(len(r[i]) for r in rows) for i in range(4)]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(r, width)) for r in rows]
+    print("\n".join([lines[0], "-" * len(lines[0]), *lines[1:]]), flush=True)
+
+
+@hydra.main(version_base="1.3", config_path="../conf", config_name="config")
+def main(cfg: DictConfig) -> float:
+    from lpreg.tracking import build_tracker, wandb_env
+    from lpreg.trainer import train
+
+    hc = HydraConfig.get()
+    job_dir = Path(hc.runtime.output_dir)
+    multirun = hc.mode == RunMode.MULTIRUN
+    root = Path(hc.sweep.dir) if multirun else job_dir
+    cfg_obj = OmegaConf.to_object(cfg)
+    reg = cfg.regularizer.name
+    base = {"status": "running", "seed": cfg.seed, "regularizer": reg, "git_revision": git_revision(),
+            "overrides": list(hc.overrides.task), "job_dir": str(job_dir)}
+    write_json(job_dir / "summary.json", base)
+    wandb_env(root)
+    resolved = OmegaConf.to_container(cfg, resolve=True)
+    holder: dict = {}
+
+    def make_tracker(run_id, resume_step):
+        holder["tracker"] = build_tracker(
+            cfg_obj.wandb, job_dir, resolved, cfg.wandb.group or (root.name if multirun else None),
+            name=f"{reg}-s{cfg.seed}", job_type=reg, tags=[f"git:{base['git_revision']}", *cfg.wandb.tags],
+            run_id=run_id, resume_step=resume_step)
+        return holder["tracker"]
+
+    t0 = time.time()
+    try:
+        out = train(cfg_obj, job_dir, make_tracker)
+    except Exception as err:  # noqa: BLE001 -- any failure must be recorded before it propagates
+        write_json(job_dir / "summary.json", {**base, "status": "failed", "error": f"{type(err).__name__}: {err}",
+                                               "wall_time_s": round(time.time() - t0, 2)})
+        if "tracker" in holder:
+            holder["tracker"].finish(exit_code=1)
+        if not multirun:
+            raise
+        log.error("job %s failed:\n%s", job_dir, traceback.format_exc())
+        return math.nan
+    summary = {**base, **summarize(out["evals"], out["last"], cfg_obj), "status": "completed",
+               "wall_time_s": round(time.time() - t0, 2)}
+    tracker = out["tracker"]
+    tracker.summary({f"final/{k}": v for k, v in summary["final"].items()}
+                    | {f"best/{k}": v for k, v in summary["best"].items()}
+                    | {"final/policy/entropy": summary["last_train"].get("policy/entropy")})
+    tracker.finish(exit_code=0)
+    write_json(job_dir / "summary.json", summary)
+    print_table(summary)
+    print(f"run folder: {job_dir}", flush=True)
+    return summary["objective"]
+
+
+if __name__ == "__main__":
+    main()
