@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 import subprocess
 import time
 import traceback
@@ -66,6 +67,16 @@ def summarize(evals: list[dict], last: dict, cfg_obj) -> dict:
     }
 
 
+def thread_budget(requested: int, launcher_cfg) -> int:
+    """Torch threads for this job: ``requested`` if set, else the machine's cores shared among parallel jobs."""
+    if requested:
+        return requested
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    n_jobs = launcher_cfg.get("n_jobs", 1) if "joblib" in str(launcher_cfg.get("_target_", "")) else 1
+    n_jobs = cores if n_jobs is None or n_jobs < 1 else n_jobs
+    return max(1, cores // n_jobs)
+
+
 def write_json(path: Path, data: dict) -> None:
     tmp = path.with_suffix(".tmp")
     tmp.write_text(json.dumps(data, indent=1, sort_keys=True, default=str))
@@ -95,6 +106,7 @@ def main(cfg: DictConfig) -> float:
     multirun = hc.mode == RunMode.MULTIRUN
     root = Path(hc.sweep.dir) if multirun else job_dir
     cfg_obj = OmegaConf.to_object(cfg)
+    cfg_obj.trainer.num_threads = thread_budget(cfg.trainer.num_threads, hc.launcher)
     reg = cfg.regularizer.name
     base = {"status": "running", "seed": cfg.seed, "regularizer": reg, "git_revision": git_revision(),
             "overrides": list(hc.overrides.task), "job_dir": str(job_dir)}

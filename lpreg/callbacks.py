@@ -1,0 +1,63 @@
+"""Hydra callback: at the end of a multirun, a table of arms × seeds written to the multirun folder.
+
+Reads every ``<job>/summary.json`` under the multirun folder and writes ``multirun_summary.csv`` and
+``multirun_summary.md`` (final and best held-out ``eval/mean``, final entropy, status, wall time), prints the
+Markdown table, and makes the multirun exit non-zero if any job failed (after all jobs ran).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+from hydra.experimental.callback import Callback
+from omegaconf import DictConfig
+
+log = logging.getLogger("lpreg")
+COLUMNS = ["job", "regularizer", "seed", "status", "final_acc", "best_acc", "final_entropy", "wall_time_s"]
+
+
+def collect(sweep_dir: Path) -> list[dict[str, Any]]:
+    """One row per job folder that holds a summary.json, sorted by regularizer, seed and folder."""
+    rows = []
+    for path in sorted(Path(sweep_dir).glob("*/summary.json")):
+        s = json.loads(path.read_text())
+        rows.append({
+            "job": path.parent.name, "regularizer": s.get("regularizer"), "seed": s.get("seed"),
+            "status": s.get("status"), "final_acc": s.get("final", {}).get("eval/mean"),
+            "best_acc": s.get("best", {}).get("eval/mean"),
+            "final_entropy": s.get("last_train", {}).get("policy/entropy"), "wall_time_s": s.get("wall_time_s"),
+        })
+    return sorted(rows, key=lambda r: (str(r["regularizer"]), r["seed"] if r["seed"] is not None else -1, r["job"]))
+
+
+def markdown(rows: list[dict[str, Any]]) -> str:
+    fmt = lambda v: "-" if v is None else (f"{v:.4f}" if isinstance(v, float) else str(v))  # noqa: E731
+    lines = ["| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
+    lines += ["| " + " | ".join(fmt(r[c]) for c in COLUMNS) + " |" for r in rows]
+    return "\n".join(lines) + "\n"
+
+
+def write_summary(sweep_dir: Path) -> list[dict[str, Any]]:
+    import csv
+
+    rows = collect(sweep_dir)
+    with open(Path(sweep_dir) / "multirun_summary.csv", "w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=COLUMNS)
+        writer.writeheader()
+        writer.writerows(rows)
+    (Path(sweep_dir) / "multirun_summary.md").write_text(markdown(rows))
+    return rows
+
+
+class MultirunSummary(Callback):
+    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        sweep_dir = Path(config.hydra.sweep.dir)
+        rows = write_summary(sweep_dir)
+        print(f"\nmultirun summary ({sweep_dir}/multirun_summary.md):\n" + markdown(rows), flush=True)
+        failed = [r["job"] for r in rows if r["status"] != "completed"]
+        if failed:
+            raise RuntimeError(f"{len(failed)} of {len(rows)} jobs did not complete: {', '.join(failed)} "
+                               f"(see their summary.json and log under {sweep_dir})")

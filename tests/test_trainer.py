@@ -1,0 +1,128 @@
+"""Smoke tier: the real trainer on the tiny model for a few steps, through the CLI and in-process."""
+
+import json
+import math
+
+import pytest
+import torch
+
+from conftest import FAST, compose_cfg, run_cli
+from lpreg.metrics import METRICS
+
+
+def read_jsonl(path):
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+@pytest.fixture(scope="module")
+def smoke_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("smoke")
+    proc = run_cli([*FAST, "trainer.steps=3", "regularizer=lpreg", "regularizer.rho=0.5",
+                    "+metrics.sparks.digits=['1','2']", f"hydra.run.dir={out}/run"], cwd=out)
+    return out / "run", proc
+
+
+def test_smoke_run_writes_the_run_folder(smoke_run):
+    job, proc = smoke_run
+    for name in ("metrics.jsonl", "timing.jsonl", "summary.json", "histograms.jsonl", "samples.jsonl",
+                 ".hydra/config.yaml"):
+        assert (job / name).stat().st_size > 0, name
+    assert (job / "checkpoints" / "step_000003" / "trainer_state.pt").exists()
+    assert (job / "checkpoints" / "step_000003" / "model.safetensors").exists()
+    summary = json.loads((job / "summary.json").read_text())
+    assert summary["status"] == "completed" and summary["regularizer"] == "lpreg" and summary["seed"] == 0
+    assert summary["git_revision"] and summary["wall_time_s"] > 0 and "eval/mean" in summary["final"]
+    assert "eval/arithmetic/greedy" in proc.stdout  # the summary table
+
+
+def test_smoke_run_logs_every_metric_name_with_finite_loss(smoke_run):
+    job, _ = smoke_run
+    rows = read_jsonl(job / "metrics.jsonl")
+    assert [r["step"] for r in rows] == [0, 1, 2, 3]
+    keys = set().union(*rows) | set().union(*read_jsonl(job / "timing.jsonl"))
+    expected = {k for k in METRICS if "<" not in k and not k.startswith(("kl_cov/", "highent/"))}
+    expected |= {"eval/arithmetic/greedy", "eval/arithmetic/avg@2", "eval/arithmetic/pass@2", "eval/arithmetic/acc",
+                 "timing/rollout", "timing/update", "timing/targets", "sparks/digits/prob"}
+    assert expected <= keys, expected - keys
+    assert all(math.isfinite(r["loss/total"]) for r in rows[1:])
+
+
+def test_parameters_change_and_resume_continues_at_the_right_step(tmp_path):
+    from lpreg.trainer import train
+    from lpreg.tracking import LocalStore
+    from lpreg.models import load_pretrained, tiny_policy_path
+    from lpreg.tasks import build_task
+
+    cfg = compose_cfg([*FAST, "trainer.steps=2", "eval.at_start=false"])
+    train(cfg, tmp_path, lambda run_id, step: LocalStore(tmp_path, step))
+    start, _ = load_pretrained(tiny_policy_path(cfg.model, build_task(cfg.task)))
+    after, _ = load_pretrained(tmp_path / "checkpoints" / "step_000002")
+    assert any(not torch.equal(a, b) for a, b in zip(start.parameters(), after.parameters()))
+
+    cfg4 = compose_cfg([*FAST, "trainer.steps=4", "eval.at_start=false", "trainer.resume=true"])
+    train(cfg4, tmp_path, lambda run_id, step: LocalStore(tmp_path, step))
+    assert [r["step"] for r in read_jsonl(tmp_path / "metrics.jsonl")] == [1, 2, 3, 4]
+
+    fresh = tmp_path / "fresh"
+    cfg4b = compose_cfg([*FAST, "trainer.steps=4", "eval.at_start=false"])
+    train(cfg4b, fresh, lambda run_id, step: LocalStore(fresh, step))
+    drop = ("timing/", "perf/")
+    resumed = [{k: v for k, v in r.items() if not k.startswith(drop)} for r in read_jsonl(tmp_path / "metrics.jsonl")]
+    straight = [{k: v for k, v in r.items() if not k.startswith(drop)} for r in read_jsonl(fresh / "metrics.jsonl")]
+    assert resumed == straight  # resuming reproduces the uninterrupted run
+
+
+def test_same_seed_same_config_gives_identical_metrics_files(tmp_path):
+    from lpreg.trainer import train
+    from lpreg.tracking import LocalStore
+
+    files = []
+    for name in ("a", "b"):
+        d = tmp_path / name
+        train(compose_cfg([*FAST, "trainer.steps=3", "regularizer=entropy"]), d, lambda r, s, d=d: LocalStore(d, s))
+        files.append((d / "metrics.jsonl").read_bytes())
+    assert files[0] == files[1]
+    d = tmp_path / "c"
+    train(compose_cfg([*FAST, "trainer.steps=3", "regularizer=entropy", "seed=1"]), d, lambda r, s: LocalStore(d, s))
+    assert (d / "metrics.jsonl").read_bytes() != files[0]
+
+
+@pytest.mark.parametrize("reg", ["lpreg", "none"])
+def test_lpreg_adds_no_forward_pass_on_policy(tmp_path, reg):
+    from lpreg.trainer import train
+    from lpreg.tracking import LocalStore
+    import lpreg.trainer as T
+
+    calls = {"n": 0}
+    real = T.forward_logits
+
+    def counting(*a, **k):
+        calls["n"] += 1
+        return real(*a, **k)
+
+    T.forward_logits = counting
+    try:
+        cfg = compose_cfg([*FAST, "trainer.steps=1", "trainer.mini_batches=1", "eval.at_start=false",
+                           "eval.every=0", f"regularizer={reg}"])
+        train(cfg, tmp_path, lambda r, s: LocalStore(tmp_path, s))
+    finally:
+        T.forward_logits = real
+    assert calls["n"] == 2  # one no-grad pass (old log-probs, metrics, proxy) + one training pass
+
+
+def test_bad_config_value_fails_clearly_and_records_failure(tmp_path):
+    proc = run_cli([*FAST, "trainer.steps=1", "trainer.mini_batches=3", f"hydra.run.dir={tmp_path}/run"],
+                   cwd=tmp_path, check=False)
+    assert proc.returncode != 0 and "trainer.mini_batches=3" in proc.stderr
+    assert json.loads((tmp_path / "run" / "summary.json").read_text())["status"] == "failed"
+
+
+def test_nonfinite_gradient_skips_the_step(tmp_path, monkeypatch):
+    import lpreg.trainer as T
+    from lpreg.tracking import LocalStore
+
+    monkeypatch.setattr(T.torch.nn.utils, "clip_grad_norm_", lambda *a, **k: torch.tensor(float("nan")))
+    cfg = compose_cfg([*FAST, "trainer.steps=1", "eval.at_start=false", "eval.every=0"])
+    T.train(cfg, tmp_path, lambda r, s: LocalStore(tmp_path, s))
+    row = read_jsonl(tmp_path / "metrics.jsonl")[-1]
+    assert row["optim/skipped"] == 2.0 and row["optim/grad_norm"] is None
