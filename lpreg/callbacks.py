@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -57,7 +58,9 @@ class MultirunSummary(Callback):
         sweep_dir = Path(config.hydra.sweep.dir)
         rows = write_summary(sweep_dir)
         print(f"\nmultirun summary ({sweep_dir}/multirun_summary.md):\n" + markdown(rows), flush=True)
-        failed = [r["job"] for r in rows if r["status"] != "completed"]
-        if failed:
-            raise RuntimeError(f"{len(failed)} of {len(rows)} jobs did not complete: {', '.join(failed)} "
-                               f"(see their summary.json and log under {sweep_dir})")
+        failed = [r["job"] for r in rows if r["status"] not in ("completed", "pruned")]
+        if failed and config.get("sweep") is None:  # in a sweep, failed trials are recorded by the study
+            # Hydra turns exceptions raised in callbacks into warnings, so exit explicitly.
+            print(f"error: {len(failed)} of {len(rows)} jobs did not complete: {', '.join(failed)} "
+                  f"(see their summary.json and log under {sweep_dir})", file=sys.stderr, flush=True)
+            raise SystemExit(1)

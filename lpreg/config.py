@@ -226,6 +226,21 @@ class ObjectiveConfig:
 
 
 @dataclass
+class SweepConfig:
+    """An Optuna study run by ``hydra/sweeper=lpreg_optuna`` (see ``sweeps/*.yaml``)."""
+
+    name: str = MISSING  # study name; the sweep folder and default SQLite file are named after it
+    n_trials: int = 10  # new trials per invocation (a second invocation resumes and adds as many)
+    batch_size: int = 1  # trials launched together (in parallel with hydra/launcher=joblib)
+    seeds: list[int] = field(default_factory=lambda: [0])  # each trial's objective is the mean over these seeds
+    storage: Optional[str] = None  # Optuna storage URL; default sqlite in the sweep folder
+    direction: str = "maximize"
+    sampler_seed: int = 0
+    pruner: str = "none"  # none | median | hyperband (in-process jobs, one seed per trial)
+    params: dict[str, Any] = field(default_factory=dict)  # key -> {type: float|int|categorical, low, high, log, choices}
+
+
+@dataclass
 class Config:
     seed: int = 0
     model: Any = MISSING
@@ -237,6 +252,7 @@ class Config:
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
     wandb: WandbConfig = field(default_factory=WandbConfig)
     objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
+    sweep: Optional[SweepConfig] = None
 
 
 def register_configs() -> None:

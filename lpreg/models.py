@@ -207,5 +207,5 @@ if __name__ == "__main__":
     register_configs()
     with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
         cfg = OmegaConf.to_object(compose(config_name="config"))
-    torch.set_num_threads(cfg.trainer.num_threads)
+    torch.set_num_threads(1)  # the shipped warm-up was built single-threaded
     print(tiny_policy_path(cfg.model, build_task(cfg.task), cache_dir=ASSETS))

@@ -25,6 +25,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
+from lpreg import pruning
 from lpreg.config import ROOT, register_configs
 
 log = logging.getLogger("lpreg")
@@ -67,6 +68,15 @@ def summarize(evals: list[dict], last: dict, cfg_obj) -> dict:
     }
 
 
+def pruning_exceptions() -> tuple[type, ...]:
+    try:
+        import optuna
+
+        return (optuna.TrialPruned,)
+    except ImportError:  # pragma: no cover - optuna is a dependency
+        return ()
+
+
 def thread_budget(requested: int, launcher_cfg) -> int:
     """Torch threads for this job: ``requested`` if set, else the machine's cores shared among parallel jobs."""
     if requested:
@@ -96,7 +106,7 @@ def print_table(summary: dict) -> None:
     print("\n".join([lines[0], "-" * len(lines[0]), *lines[1:]]), flush=True)
 
 
-@hydra.main(version_base="1.3", config_path="../conf", config_name="config")
+@hydra.main(version_base="1.3", config_path=str(ROOT / "conf"), config_name="config")
 def main(cfg: DictConfig) -> float:
     from lpreg.tracking import build_tracker, wandb_env
     from lpreg.trainer import train
@@ -109,6 +119,7 @@ def main(cfg: DictConfig) -> float:
     cfg_obj.trainer.num_threads = thread_budget(cfg.trainer.num_threads, hc.launcher)
     reg = cfg.regularizer.name
     base = {"status": "running", "seed": cfg.seed, "regularizer": reg, "git_revision": git_revision(),
+            "num_threads": cfg_obj.trainer.num_threads,
             "overrides": list(hc.overrides.task), "job_dir": str(job_dir)}
     write_json(job_dir / "summary.json", base)
     wandb_env(root)
@@ -122,9 +133,19 @@ def main(cfg: DictConfig) -> float:
             run_id=run_id, resume_step=resume_step)
         return holder["tracker"]
 
+    def on_eval(step: int, metrics: dict) -> None:
+        pruning.report(step, metrics, cfg.objective.metric)
+
     t0 = time.time()
     try:
-        out = train(cfg_obj, job_dir, make_tracker)
+        out = train(cfg_obj, job_dir, make_tracker, on_eval=on_eval)
+    except pruning_exceptions() as err:
+        write_json(job_dir / "summary.json", {**base, "status": "pruned", "error": str(err),
+                                               "wall_time_s": round(time.time() - t0, 2)})
+        if "tracker" in holder:
+            holder["tracker"].finish(exit_code=0)
+        log.info("job %s pruned: %s", job_dir, err)
+        return math.nan
     except Exception as err:  # noqa: BLE001 -- any failure must be recorded before it propagates
         write_json(job_dir / "summary.json", {**base, "status": "failed", "error": f"{type(err).__name__}: {err}",
                                                "wall_time_s": round(time.time() - t0, 2)})

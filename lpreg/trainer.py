@@ -206,8 +206,9 @@ def validate(cfg) -> None:
         raise ValueError("rollout.temperature must be > 0 for RL rollouts")
 
 
-def train(cfg, job_dir: Path, make_tracker) -> dict:
-    """Run ``cfg.trainer.steps`` RL steps; ``make_tracker(run_id, resume_step)`` builds the tracker.
+def train(cfg, job_dir: Path, make_tracker, on_eval=None) -> dict:
+    """Run ``cfg.trainer.steps`` RL steps; ``make_tracker(run_id, resume_step)`` builds the tracker;
+    ``on_eval(step, eval_metrics)`` is called after each held-out evaluation (the sweeper's pruning hook).
 
     Returns a dict with the eval history and the last metrics (``run.py`` turns it into ``summary.json``).
     """
@@ -216,19 +217,18 @@ def train(cfg, job_dir: Path, make_tracker) -> dict:
         torch.set_num_threads(cfg.trainer.num_threads)
     torch.manual_seed(cfg.seed)
     device = resolve_device(cfg.trainer.device)
-    task = build_task(cfg.task)
-    model, tokenizer, model_path = load_policy(cfg.model, task)
-    reg_cfg = dict(cfg.regularizer.__dict__) if hasattr(cfg.regularizer, "__dict__") else dict(cfg.regularizer)
-    loss_fn, needs = get_loss(reg_cfg["name"]), loss_needs(reg_cfg["name"], reg_cfg)
-    sampler = PromptSampler(len(task.train_problems()), cfg.seed)
-
     start, state = 0, {}
     ckpt = checkpoint.latest(job_dir) if cfg.trainer.resume else None
     if ckpt is not None:
         state = checkpoint.load_state(ckpt)
-        model, tokenizer = load_pretrained(ckpt)
-        model_path, start = str(ckpt), state["step"]
+        start = state["step"]
         log.info("resuming from %s (step %d)", ckpt, start)
+    tracker = make_tracker(state.get("wandb_run_id"), start)  # first, so that a bad model or task is tracked too
+    task = build_task(cfg.task)
+    model, tokenizer, model_path = load_policy(cfg.model, task) if ckpt is None else (*load_pretrained(ckpt), str(ckpt))
+    reg_cfg = dict(cfg.regularizer.__dict__) if hasattr(cfg.regularizer, "__dict__") else dict(cfg.regularizer)
+    loss_fn, needs = get_loss(reg_cfg["name"]), loss_needs(reg_cfg["name"], reg_cfg)
+    sampler = PromptSampler(len(task.train_problems()), cfg.seed)
     model.to(device)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.trainer.lr, weight_decay=cfg.trainer.weight_decay,
                             betas=tuple(cfg.trainer.betas))
@@ -237,7 +237,6 @@ def train(cfg, job_dir: Path, make_tracker) -> dict:
         sampler.load(state["sampler"])
         torch.set_rng_state(state["torch_rng"])
     engine = build_rollout(cfg.rollout, model, tokenizer, model_path)
-    tracker = make_tracker(state.get("wandb_run_id"), start)
     evals: list[dict] = state.get("evals", [])
     G, T, max_len = cfg.rollout.group_size, cfg.rollout.temperature, cfg.task.max_response_len
     last: dict[str, float] = {}
@@ -245,6 +244,8 @@ def train(cfg, job_dir: Path, make_tracker) -> dict:
     def run_eval(step: int) -> dict[str, float]:
         res = evaluate(engine, task, cfg.eval, max_len, seed=cfg.seed * 100_003 + step)
         evals.append({"step": step, **res})
+        if on_eval is not None:
+            on_eval(step, res)
         return res
 
     if start == 0 and cfg.eval.at_start:

@@ -11,7 +11,7 @@ from omegaconf import OmegaConf
 
 ROOT = Path(__file__).resolve().parents[1]
 # Small, fast settings shared by the trainer tests (the tiny warm-up is cached once per session).
-FAST = ["task.n_test=40", "trainer.prompts_per_step=4", "trainer.mini_batches=2",
+FAST = ["trainer.prompts_per_step=4", "trainer.mini_batches=2",
         "eval.samples=2", "eval.every=2", "trainer.checkpoint_every=2", "metrics.samples_every=2"]
 
 

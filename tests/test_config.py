@@ -54,6 +54,17 @@ def test_cli_rejects_a_typo_with_hydras_message(tmp_path):
 
 
 def test_sweeps_compose():
-    for path in sorted((ROOT / "sweeps").glob("*.yaml")):
+    from hydra import compose, initialize_config_dir
+
+    paths = sorted((ROOT / "sweeps").glob("*.yaml"))
+    assert {"lpreg_core", "entropy_coef", "clip_higher"} <= {p.stem for p in paths}
+    for path in paths:
         cfg = compose_cfg([f"+sweep={path.stem}"])
-        assert cfg is not None
+        assert cfg.sweep.name == path.stem and cfg.sweep.params
+        for key in cfg.sweep.params:  # every searched key exists in the composed config
+            node = cfg
+            for part in key.split("."):
+                node = getattr(node, part)
+        with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+            full = compose(config_name="config", overrides=[f"+sweep={path.stem}"], return_hydra_config=True)
+        assert full.hydra.sweeper._target_.endswith("LpregOptunaSweeper")

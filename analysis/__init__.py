@@ -1,0 +1,9 @@
+"""Analysis of lpreg runs: load (folders or W&B) -> tidy DataFrame -> statistics -> figures and tables.
+
+Each step is a pure function usable from a notebook (see ``ablation.ipynb``); ``plots.py`` is the CLI.
+"""
+
+from analysis.load import load_histograms, load_runs, load_wandb
+from analysis.stats import bootstrap_ci, curve_stats, results_table
+
+__all__ = ["load_runs", "load_histograms", "load_wandb", "bootstrap_ci", "curve_stats", "results_table"]

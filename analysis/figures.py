@@ -1,0 +1,113 @@
+"""Figures: one line per regularizer (mean over seeds, 95% bootstrap band) against training step, the
+sampled-probability distribution over training (the paper's Fig. 1 style), and Optuna sweep plots.
+
+Colors are fixed per regularizer (registry order), so an arm has the same color in every figure.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+
+# metric -> (title, y label); the figure set of the CLI
+CURVES = {
+    "policy/entropy": ("Policy entropy", "entropy (nats, token mean)"),
+    "eval/mean": ("Held-out accuracy", "accuracy (mean over sources)"),
+    "policy/lowprob_frac": ("Low-probability sampled tokens", "fraction of tokens"),
+    "policy/tail_mass": ("Mass removed by the min-p filter", "1 - Z (token mean)"),
+    "train/response_len_mean": ("Response length", "tokens"),
+    "lpreg/delta": ("Lp-Reg selection threshold δ", "π_θ(y) of the last selected token"),
+    "lpreg/reg_ratio": ("Lp-Reg regularization ratio", "regularized / candidates"),
+}
+ORDER = ["lpreg", "none", "entropy", "clip_higher", "kl_cov", "clip_cov", "highent_8020", "gspo"]
+LABELS = {"lpreg": "Lp-Reg", "none": "GRPO", "entropy": "GRPO + entropy", "clip_higher": "Clip-Higher",
+          "kl_cov": "KL-Cov", "clip_cov": "Clip-Cov", "highent_8020": "80/20", "gspo": "GSPO"}
+
+
+def color(reg: str) -> str:
+    palette = plt.get_cmap("tab10").colors
+    idx = ORDER.index(reg) if reg in ORDER else len(ORDER) + sum(map(ord, reg)) % 2
+    return matplotlib.colors.to_hex(palette[idx % len(palette)])
+
+
+def file_stem(metric: str) -> str:
+    return metric.replace("/", "_").replace("@", "at")
+
+
+def plot_curve(stats: pd.DataFrame, metric: str, title: str | None = None, ylabel: str | None = None):
+    """Mean line and CI band per regularizer from ``curve_stats`` output."""
+    fig, ax = plt.subplots(figsize=(6.4, 4.0), constrained_layout=True)
+    for reg in sorted(stats.regularizer.unique(), key=lambda r: (ORDER.index(r) if r in ORDER else 99, r)):
+        g = stats[stats.regularizer == reg].sort_values("step")
+        n = int(g.n.max())
+        ax.plot(g.step, g["mean"], color=color(reg), lw=1.6, label=f"{LABELS.get(reg, reg)} (n={n})")
+        ax.fill_between(g.step, g.low, g.high, color=color(reg), alpha=0.2, lw=0)
+    ax.set_title(title or metric)
+    ax.set_xlabel("training step (rollout batches)")
+    ax.set_ylabel(ylabel or metric)
+    ax.grid(alpha=0.3)
+    ax.legend(frameon=False, fontsize=8, loc="best")
+    return fig
+
+
+def plot_prob_distribution(hists: pd.DataFrame, steps: list[int] | None = None, n_steps: int = 5):
+    """Ridge plot of the sampled-token probability distribution at chosen steps, one panel per regularizer."""
+    regs = sorted(hists.regularizer.unique(), key=lambda r: (ORDER.index(r) if r in ORDER else 99, r))
+    all_steps = sorted(hists.step.unique())
+    if steps is None:
+        steps = sorted({all_steps[int(i)] for i in np.linspace(0, len(all_steps) - 1, min(n_steps, len(all_steps)))})
+    fig, axes = plt.subplots(1, len(regs), figsize=(3.2 * len(regs), 3.6), sharey=True, squeeze=False,
+                             constrained_layout=True)
+    for ax, reg in zip(axes[0], regs):
+        for i, step in enumerate(steps):
+            g = hists[(hists.regularizer == reg) & (hists.step == step)]
+            if g.empty:
+                continue
+            counts = np.sum(np.stack(g.counts.to_numpy()), 0).astype(float)
+            edges = np.asarray(g.edges.iloc[0])
+            dens = counts / counts.sum() if counts.sum() else counts
+            centers = (edges[:-1] + edges[1:]) / 2
+            scale = 0.9 / max(dens.max(), 1e-12)
+            ax.fill_between(centers, i, i + dens * scale, color=color(reg), alpha=0.55, lw=0)
+            ax.plot(centers, i + dens * scale, color=color(reg), lw=0.8)
+        ax.set_yticks(range(len(steps)), [str(s) for s in steps])
+        ax.set_title(LABELS.get(reg, reg))
+        ax.set_xlabel("sampled-token probability π_old(y)")
+        ax.set_xlim(0, 1)
+    axes[0][0].set_ylabel("training step")
+    return fig
+
+
+def save(fig, out: Path, stem: str) -> list[Path]:
+    out.mkdir(parents=True, exist_ok=True)
+    paths = [out / f"{stem}.png", out / f"{stem}.pdf"]
+    for p in paths:
+        fig.savefig(p, dpi=150)
+    plt.close(fig)
+    return paths
+
+
+def plot_sweep(storage: str, study_name: str, out: Path) -> list[Path]:
+    """Optuna optimization history, parameter importance and slice plots of a study."""
+    import optuna
+    from optuna.visualization import matplotlib as ov
+
+    study = optuna.load_study(study_name=study_name, storage=storage)
+    done = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
+    paths = []
+    plots = [("sweep_history", ov.plot_optimization_history), ("sweep_slice", ov.plot_slice)]
+    if len(done) >= 2 and len(study.best_trial.params) >= 1:
+        plots.append(("sweep_importance", ov.plot_param_importances))
+    for stem, fn in plots:
+        ax = fn(study)
+        fig = (ax if isinstance(ax, np.ndarray) else np.asarray([ax])).flat[0].get_figure()
+        fig.set_size_inches(max(6.4, fig.get_size_inches()[0]), 4.0)
+        fig.tight_layout()
+        paths += save(fig, out, stem)
+    return paths

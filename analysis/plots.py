@@ -1,0 +1,101 @@
+"""Paper figures and a results table from lpreg runs.
+
+    python analysis/plots.py <multirun or job folder> [more folders] [--out DIR]
+    python analysis/plots.py --wandb ENTITY/PROJECT --group G --out DIR
+    python analysis/plots.py <sweep folder>            # also writes the Optuna sweep plots
+
+Writes, into ``--out`` (default ``<first folder>/figures``): one PNG+PDF per metric of ``figures.CURVES`` (mean over
+seeds, 95% bootstrap band, one line per regularizer), ``prob_distribution.png/pdf``, and
+``results_{best,final}.{md,tex,csv}``. Missing or partial runs are listed and skipped.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from analysis.figures import CURVES, file_stem, plot_curve, plot_prob_distribution, plot_sweep, save  # noqa: E402
+from analysis.load import load_histograms, load_runs, load_wandb  # noqa: E402
+from analysis.stats import curve_stats, results_table  # noqa: E402
+
+
+def table_text(table, fmt: str) -> str:
+    """Markdown or LaTeX: one row per regularizer, one column per source, cells ``mean ± half-CI``."""
+    sources = sorted(set(table.source) - {"mean"}) + ["mean"]
+    regs = sorted(table.regularizer.unique())
+    cell = {(r.regularizer, r.source): f"{100 * r['mean']:.2f} ± {100 * (r.ci_high - r.ci_low) / 2:.2f}"
+            for _, r in table.iterrows()}
+    seeds = {r: int(table[table.regularizer == r].seeds.max()) for r in regs}
+    proto = table.protocol.iloc[0]
+    note = (f"Held-out accuracy (%), {proto} evaluation during training "
+            f"({'best over evaluations, as the paper' if proto == 'best' else 'last evaluation'}); "
+            "mean ± half-width of the 95% bootstrap CI over seeds.")
+    header = ["regularizer", "seeds", *sources]
+    body = [[r, str(seeds[r]), *[cell.get((r, s), "-") for s in sources]] for r in regs]
+    if fmt == "md":
+        lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+        return note + "\n\n" + "\n".join(lines + ["| " + " | ".join(row) + " |" for row in body]) + "\n"
+    esc = lambda s: s.replace("_", r"\_").replace("±", r"$\pm$")  # noqa: E731
+    lines = [r"\begin{tabular}{l" + "r" * (len(header) - 1) + "}", r"\toprule",
+             " & ".join(map(esc, header)) + r" \\", r"\midrule"]
+    lines += [" & ".join(map(esc, row)) + r" \\" for row in body]
+    return "% " + note + "\n" + "\n".join(lines + [r"\bottomrule", r"\end{tabular}"]) + "\n"
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("folders", nargs="*", type=Path)
+    ap.add_argument("--out", type=Path)
+    ap.add_argument("--wandb", metavar="ENTITY/PROJECT")
+    ap.add_argument("--group")
+    ap.add_argument("--steps", help="comma-separated steps for the probability-distribution figure")
+    args = ap.parse_args(argv)
+    if not args.folders and not args.wandb:
+        ap.error("give run folders or --wandb ENTITY/PROJECT")
+    try:
+        runs = load_wandb(args.wandb, args.group) if args.wandb else load_runs(args.folders)
+    except FileNotFoundError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    out = args.out or (args.folders[0] / "figures" if args.folders else Path("figures"))
+    for s in runs.skipped:
+        print(f"skipped {s}")
+    written = []
+    if runs.metrics.empty:
+        print("error: no completed runs with metrics found", file=sys.stderr)
+    else:
+        for metric, (title, ylabel) in CURVES.items():
+            stats = curve_stats(runs.metrics, metric)
+            if stats.empty:
+                print(f"no values for {metric}: figure skipped")
+                continue
+            written += save(plot_curve(stats, metric, title, ylabel), out, file_stem(metric))
+        hists = load_histograms(runs) if not args.wandb else None
+        if hists is not None and not hists.empty:
+            steps = [int(s) for s in args.steps.split(",")] if args.steps else None
+            written += save(plot_prob_distribution(hists, steps), out, "prob_distribution")
+        for protocol in ("best", "final"):
+            table = results_table(runs.summaries, protocol)
+            if table.empty:
+                print(f"no evaluations in any run: results_{protocol} skipped")
+                continue
+            table.to_csv(out / f"results_{protocol}.csv", index=False)
+            (out / f"results_{protocol}.md").write_text(table_text(table, "md"))
+            (out / f"results_{protocol}.tex").write_text(table_text(table, "tex"))
+            written += [out / f"results_{protocol}.{e}" for e in ("csv", "md", "tex")]
+    for folder in args.folders:
+        study = folder / "study.json"
+        if study.exists():
+            info = json.loads(study.read_text())
+            written += plot_sweep(info["storage"], info["study_name"], out)
+    for p in written:
+        print(f"wrote {p}")
+    return 0 if written else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,161 @@
+"""A Hydra Sweeper that runs an Optuna study with ask-and-tell (``hydra/sweeper=lpreg_optuna``).
+
+Why our own: the ``hydra-optuna-sweeper`` 1.3 wheel pins ``optuna<3`` (and SQLAlchemy<2 for SQLite). This one uses
+current Optuna through Hydra's Sweeper API, so ``-m`` multirun, launchers (basic, joblib, submitit) and config
+composition keep working. The study is described by the job config's ``sweep`` node (``sweeps/*.yaml``).
+
+- Storage: ``sweep.storage`` (any Optuna storage URL; PostgreSQL for several machines), default an SQLite file in
+  the sweep folder. ``load_if_exists``: running the same command again resumes the study and adds
+  ``sweep.n_trials`` trials; job folders are named ``trial_<number>_s<seed>`` so nothing is overwritten.
+- Several workers may start at once on one study: creation races are retried (SQLite with a busy timeout).
+- Each trial runs one job per ``sweep.seeds`` entry and is told the mean of their objectives (``summary.json``).
+  A job that failed or returned NaN makes the trial FAIL; the study goes on.
+- Pruning (``sweep.pruner: median | hyperband``) on intermediate held-out accuracy works where jobs run in this
+  process (the basic launcher) with one seed per trial; elsewhere it is off, with a warning.
+- At the end: ``best.json``, ``trials.csv``, ``study.json`` and Optuna's plots (``analysis/figures.plot_sweep``).
+"""
+
+
+import json
+import logging
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from hydra.core.config_store import ConfigStore
+from hydra.core.plugins import Plugins
+from hydra.plugins.sweeper import Sweeper
+from hydra.types import HydraContext, TaskFunction
+from omegaconf import DictConfig
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class LpregOptunaSweeperConf:
+    _target_: str = "hydra_plugins.lpreg_sweeper.optuna_sweeper.LpregOptunaSweeper"
+
+
+ConfigStore.instance().store(group="hydra/sweeper", name="lpreg_optuna", node=LpregOptunaSweeperConf,
+                             provider="lpreg")
+
+
+def suggest(trial, name: str, spec: dict) -> Any:
+    """One parameter from its spec: ``{type: float|int, low, high, log?}`` or ``{type: categorical, choices}``."""
+    kind = spec["type"]
+    if kind == "float":
+        return trial.suggest_float(name, spec["low"], spec["high"], log=spec.get("log", False))
+    if kind == "int":
+        return trial.suggest_int(name, spec["low"], spec["high"], log=spec.get("log", False))
+    if kind == "categorical":
+        return trial.suggest_categorical(name, list(spec["choices"]))
+    raise ValueError(f"sweep.params.{name}: type {kind!r} is not one of float, int, categorical")
+
+
+def open_study(sweep: DictConfig, storage_url: str, retries: int = 20):
+    """Create or load the study; tolerate several workers creating it at the same moment."""
+    import optuna
+    from sqlalchemy.exc import IntegrityError, OperationalError
+
+    kwargs = {"engine_kwargs": {"connect_args": {"timeout": 60}}} if storage_url.startswith("sqlite") else {}
+    pruner = {"none": optuna.pruners.NopPruner(), "median": optuna.pruners.MedianPruner(n_warmup_steps=0),
+              "hyperband": optuna.pruners.HyperbandPruner()}[sweep.pruner]
+    for attempt in range(retries):
+        try:
+            storage = optuna.storages.RDBStorage(storage_url, **kwargs)
+            return optuna.create_study(study_name=sweep.name, storage=storage, direction=sweep.direction,
+                                       sampler=optuna.samplers.TPESampler(seed=sweep.sampler_seed),
+                                       pruner=pruner, load_if_exists=True)
+        except (optuna.exceptions.DuplicatedStudyError, IntegrityError, OperationalError) as err:
+            log.warning("opening study %s (attempt %d): %s", sweep.name, attempt + 1, err)
+            time.sleep(0.2 + 0.3 * attempt)
+    raise RuntimeError(f"could not open Optuna study {sweep.name!r} at {storage_url}")
+
+
+class LpregOptunaSweeper(Sweeper):
+    def __init__(self) -> None:
+        self.config: DictConfig | None = None
+        self.launcher = None
+
+    def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig) -> None:
+        self.config = config
+        self.launcher = Plugins.instance().instantiate_launcher(hydra_context=hydra_context,
+                                                                task_function=task_function, config=config)
+
+    def sweep(self, arguments: list[str]) -> Any:
+        import optuna
+
+        from lpreg import pruning
+
+        cfg = self.config
+        sweep = cfg.get("sweep")
+        if sweep is None or not sweep.get("params"):
+            raise ValueError("hydra/sweeper=lpreg_optuna needs a study: add +sweep=<name> (files in sweeps/)")
+        sweep_dir = Path(cfg.hydra.sweep.dir)
+        sweep_dir.mkdir(parents=True, exist_ok=True)
+        storage = sweep.storage or f"sqlite:///{(sweep_dir / f'{sweep.name}.db').resolve()}"
+        study = open_study(sweep, storage)
+        (sweep_dir / "study.json").write_text(json.dumps({"storage": storage, "study_name": sweep.name}))
+        in_process = type(self.launcher).__name__ == "BasicLauncher"
+        prune = sweep.pruner != "none" and in_process and len(sweep.seeds) == 1
+        if sweep.pruner != "none" and not prune:
+            log.warning("pruning needs the basic launcher and one seed per trial: it is off for this sweep")
+        fixed = [a for a in arguments if "=" in a]
+        for start in range(0, sweep.n_trials, sweep.batch_size):
+            trials = [study.ask() for _ in range(min(sweep.batch_size, sweep.n_trials - start))]
+            jobs = []
+            for t in trials:
+                params = [f"{k}={suggest(t, k, dict(v))}" for k, v in sweep.params.items()]
+                for seed in sweep.seeds:
+                    jobs.append((t, seed, [*fixed, *params, f"seed={seed}",
+                                           f"hydra.sweep.subdir=trial_{t.number:04d}_s{seed}"]))
+            pruning.CURRENT = trials[0] if prune and len(trials) == 1 else None
+            try:
+                self.launcher.launch([j[2] for j in jobs], initial_job_idx=trials[0].number * len(sweep.seeds))
+            finally:
+                pruning.CURRENT = None
+            for t in trials:
+                self._tell(study, t, [sweep_dir / f"trial_{t.number:04d}_s{s}" for s in sweep.seeds])
+        self._report(study, sweep_dir)
+
+    @staticmethod
+    def _tell(study, trial, job_dirs: list[Path]) -> None:
+        import optuna
+
+        summaries = []
+        for d in job_dirs:
+            p = d / "summary.json"
+            summaries.append(json.loads(p.read_text()) if p.exists() else {"status": "missing"})
+        states = [s.get("status") for s in summaries]
+        values = [s.get("objective") for s in summaries]
+        if "pruned" in states:
+            study.tell(trial, state=optuna.trial.TrialState.PRUNED)
+        elif all(st == "completed" for st in states) and all(v is not None and math.isfinite(v) for v in values):
+            study.tell(trial, sum(values) / len(values))
+        else:
+            log.warning("trial %d failed (job status %s, objectives %s)", trial.number, states, values)
+            study.tell(trial, state=optuna.trial.TrialState.FAIL)
+
+    @staticmethod
+    def _report(study, sweep_dir: Path) -> None:
+        import optuna
+
+        df = study.trials_dataframe()
+        df.to_csv(sweep_dir / "trials.csv", index=False)
+        done = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
+        best = {"best_value": study.best_value, "best_params": study.best_params,
+                "best_trial": study.best_trial.number} if done else {"best_value": None}
+        best["n_trials"] = {s.name: sum(t.state == s for t in study.trials) for s in optuna.trial.TrialState}
+        (sweep_dir / "best.json").write_text(json.dumps(best, indent=1))
+        print(f"\nstudy {study.study_name}: {json.dumps(best)}", flush=True)
+        if done:
+            import sys
+
+            sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+            from analysis.figures import plot_sweep
+
+            storage = json.loads((sweep_dir / "study.json").read_text())["storage"]
+            for p in plot_sweep(storage, study.study_name, sweep_dir):
+                print(f"wrote {p}")

@@ -1,0 +1,104 @@
+"""Optuna sweeps through Hydra's multirun: run, resume, failure, two workers, pruning hook."""
+
+import json
+import subprocess
+import sys
+
+import optuna
+import pytest
+
+from conftest import ROOT, run_cli
+
+TINY = ["trainer.steps=2", "trainer.prompts_per_step=4", "eval.every=1", "eval.samples=0"]
+
+
+def states(storage, name):
+    study = optuna.load_study(study_name=name, storage=storage)
+    return [t.state.name for t in study.trials], study
+
+
+def test_sweep_runs_resumes_and_reports(tmp_path):
+    args = ["-m", "+sweep=lpreg_core", "sweep.n_trials=3", *TINY, f"hydra.sweep.dir={tmp_path}/sw"]
+    run_cli(args, cwd=tmp_path)
+    sw = tmp_path / "sw"
+    storage = json.loads((sw / "study.json").read_text())["storage"]
+    assert storage.startswith("sqlite:///") and (sw / "lpreg_core.db").exists()
+    st, study = states(storage, "lpreg_core")
+    assert st == ["COMPLETE"] * 3
+    assert sorted(p.name for p in sw.glob("trial_*")) == ["trial_0000_s0", "trial_0001_s0", "trial_0002_s0"]
+    for t in study.trials:  # each trial's value is its job's objective, and its params reached the job's config
+        summary = json.loads((sw / f"trial_{t.number:04d}_s0" / "summary.json").read_text())
+        assert t.value == pytest.approx(summary["objective"])
+        assert f"regularizer.kappa={t.params['regularizer.kappa']}" in summary["overrides"]
+    best = json.loads((sw / "best.json").read_text())
+    assert best["best_value"] == pytest.approx(study.best_value)
+    for name in ("trials.csv", "sweep_history.png", "sweep_importance.png", "sweep_slice.png"):
+        assert (sw / name).stat().st_size > 0
+
+    run_cli(args[:2] + ["sweep.n_trials=2", *args[3:]], cwd=tmp_path)  # the same command again: resume
+    st, _ = states(storage, "lpreg_core")
+    assert st == ["COMPLETE"] * 5 and len(list(sw.glob("trial_*"))) == 5
+
+
+def test_a_failing_trial_is_recorded_and_the_sweep_goes_on(tmp_path):
+    # mini_batches=3 does not divide 4 prompts x 8 samples: those trials raise in the trainer
+    args = ["-m", "+sweep=clip_higher", "sweep.n_trials=4", "sweep.sampler_seed=1",
+            "++sweep.params={regularizer.clip_high:{type:float,low:0.2,high:0.5},"
+            "trainer.mini_batches:{type:categorical,choices:[1,3]}}", *TINY, f"hydra.sweep.dir={tmp_path}/sw"]
+    proc = run_cli(args, cwd=tmp_path)
+    storage = json.loads((tmp_path / "sw" / "study.json").read_text())["storage"]
+    st, study = states(storage, "clip_higher")
+    assert len(st) == 4 and "FAIL" in st and "COMPLETE" in st, st
+    for t in study.trials:
+        summary = json.loads((tmp_path / "sw" / f"trial_{t.number:04d}_s0" / "summary.json").read_text())
+        assert (summary["status"] == "failed") == (t.state.name == "FAIL")
+    assert "study clip_higher" in proc.stdout
+
+
+def test_two_workers_share_one_sqlite_study(tmp_path):
+    import os
+
+    args = [sys.executable, "-m", "lpreg.run", "-m", "+sweep=entropy_coef", "sweep.n_trials=2", *TINY,
+            f"hydra.sweep.dir={tmp_path}/sw"]
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    workers = [subprocess.Popen(args, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                text=True) for _ in range(2)]
+    outs = [w.communicate(timeout=600) for w in workers]
+    assert all(w.returncode == 0 for w in workers), [o[1][-2000:] for o in outs]
+    st, study = states(f"sqlite:///{tmp_path}/sw/entropy_coef.db", "entropy_coef")
+    assert st == ["COMPLETE"] * 4 and sorted(t.number for t in study.trials) == [0, 1, 2, 3]
+    assert len(list((tmp_path / "sw").glob("trial_*"))) == 4
+
+
+def test_pruning_hook_raises_for_a_trial_the_pruner_stops():
+    from lpreg import pruning
+
+    class Trial:
+        reported = []
+
+        def report(self, value, step):
+            self.reported.append((step, value))
+
+        def should_prune(self):
+            return True
+
+    pruning.CURRENT = Trial()
+    try:
+        pruning.report(0, {"eval/mean": 0.1}, "eval/mean")  # the initial evaluation is not reported
+        with pytest.raises(optuna.TrialPruned):
+            pruning.report(5, {"eval/mean": 0.2}, "eval/mean")
+        assert Trial.reported == [(5, 0.2)]
+    finally:
+        pruning.CURRENT = None
+    pruning.report(5, {"eval/mean": 0.2}, "eval/mean")  # no trial: nothing happens
+
+
+def test_pruned_trials_are_recorded_as_pruned(tmp_path):
+    args = ["-m", "+sweep=clip_higher", "sweep.n_trials=4", "sweep.pruner=median", "trainer.steps=3",
+            "trainer.prompts_per_step=4", "eval.every=1", "eval.samples=0",
+            f"hydra.sweep.dir={tmp_path}/sw"]
+    run_cli(args, cwd=tmp_path)
+    st, _ = states(f"sqlite:///{tmp_path}/sw/clip_higher.db", "clip_higher")
+    assert len(st) == 4 and set(st) <= {"COMPLETE", "PRUNED"}
+    pruned = [json.loads(p.read_text())["status"] for p in (tmp_path / "sw").glob("trial_*/summary.json")]
+    assert pruned.count("pruned") == st.count("PRUNED")
