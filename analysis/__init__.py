@@ -6,4 +6,4 @@ Each step is a pure function usable from a notebook (see ``ablation.ipynb``); ``
 from analysis.load import load_histograms, load_runs, load_wandb
 from analysis.stats import bootstrap_ci, curve_stats, results_table
 
-__all__ = ["load_runs", "load_histograms", "load_wandb", "bootstrap_ci", "curve_stats", "results_table"]
+__all__ = ["bootstrap_ci", "curve_stats", "load_histograms", "load_runs", "load_wandb", "results_table"]

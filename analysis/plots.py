@@ -18,9 +18,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from analysis.figures import CURVES, file_stem, plot_curve, plot_prob_distribution, plot_sweep, save  # noqa: E402
-from analysis.load import load_histograms, load_runs, load_wandb  # noqa: E402
-from analysis.stats import curve_stats, results_table  # noqa: E402
+from analysis.figures import CURVES, file_stem, plot_curve, plot_prob_distribution, plot_sweep, save
+from analysis.load import load_histograms, load_runs, load_wandb
+from analysis.stats import curve_stats, results_table
 
 
 def table_text(table, fmt: str) -> str:
@@ -39,7 +39,7 @@ def table_text(table, fmt: str) -> str:
     if fmt == "md":
         lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
         return note + "\n\n" + "\n".join(lines + ["| " + " | ".join(row) + " |" for row in body]) + "\n"
-    esc = lambda s: s.replace("_", r"\_").replace("±", r"$\pm$")  # noqa: E731
+    esc = lambda s: s.replace("_", r"\_").replace("±", r"$\pm$")
     lines = [r"\begin{tabular}{l" + "r" * (len(header) - 1) + "}", r"\toprule",
              " & ".join(map(esc, header)) + r" \\", r"\midrule"]
     lines += [" & ".join(map(esc, row)) + r" \\" for row in body]
@@ -68,8 +68,9 @@ def main(argv=None) -> int:
     if runs.metrics.empty:
         print("error: no completed runs with metrics found", file=sys.stderr)
     else:
-        for metric, (title, ylabel) in CURVES.items():
-            stats = curve_stats(runs.metrics, metric)
+        for metric, (title, ylabel, smooth) in CURVES.items():
+            stats = curve_stats(runs.metrics, metric, smooth)
+            title = f"{title} ({smooth}-step rolling mean)" if smooth > 1 else title
             if stats.empty:
                 print(f"no values for {metric}: figure skipped")
                 continue

@@ -20,9 +20,14 @@ def bootstrap_ci(values, n_boot: int = 2000, level: float = 0.95, seed: int = 0)
     return float(x.mean()), float(lo), float(hi)
 
 
-def curve_stats(df: pd.DataFrame, metric: str) -> pd.DataFrame:
-    """Per regularizer and step: mean over seeds and its bootstrap CI (columns mean, low, high, n)."""
-    sub = df[df.metric == metric]
+def curve_stats(df: pd.DataFrame, metric: str, smooth: int = 1) -> pd.DataFrame:
+    """Per regularizer and step: mean over seeds and its bootstrap CI (columns mean, low, high, n).
+
+    ``smooth > 1`` first replaces each run's series by its trailing rolling mean over ``smooth`` logged points.
+    """
+    sub = df[df.metric == metric].sort_values("step")
+    if smooth > 1:
+        sub = sub.assign(value=sub.groupby("run").value.transform(lambda v: v.rolling(smooth, min_periods=1).mean()))
     out = []
     for (reg, step), g in sub.groupby(["regularizer", "step"]):
         m, lo, hi = bootstrap_ci(g.value.to_numpy())

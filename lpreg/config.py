@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, OmegaConf
@@ -89,7 +89,7 @@ class VLLMRolloutConfig:
     gpu_memory_utilization: float = 0.4
     dtype: str = "bfloat16"
     enforce_eager: bool = True
-    max_model_len: Optional[int] = None
+    max_model_len: int | None = None
 
 
 # ---- regularizers (one per conf/regularizer option) ------------------------------------------------------------
@@ -213,8 +213,8 @@ class MetricsConfig:
 class WandbConfig:
     mode: str = "${oc.env:WANDB_MODE,offline}"  # offline | online | disabled
     project: str = "lpreg"
-    entity: Optional[str] = None
-    group: Optional[str] = None  # default: the multirun (sweep) folder name
+    entity: str | None = None
+    group: str | None = None  # default: the study name of a sweep, else the multirun folder (date/time)
     tags: list[str] = field(default_factory=list)
 
 
@@ -233,7 +233,7 @@ class SweepConfig:
     n_trials: int = 10  # new trials per invocation (a second invocation resumes and adds as many)
     batch_size: int = 1  # trials launched together (in parallel with hydra/launcher=joblib)
     seeds: list[int] = field(default_factory=lambda: [0])  # each trial's objective is the mean over these seeds
-    storage: Optional[str] = None  # Optuna storage URL; default sqlite in the sweep folder
+    storage: str | None = None  # Optuna storage URL; default sqlite in the sweep folder
     direction: str = "maximize"
     sampler_seed: int = 0
     pruner: str = "none"  # none | median | hyperband (in-process jobs, one seed per trial)
@@ -252,7 +252,7 @@ class Config:
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
     wandb: WandbConfig = field(default_factory=WandbConfig)
     objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
-    sweep: Optional[SweepConfig] = None
+    sweep: SweepConfig | None = None
 
 
 def register_configs() -> None:

@@ -7,7 +7,7 @@ The names are part of the interface (``../shared/DESIGN.md`` §4): analysis, W&B
 from __future__ import annotations
 
 import math
-from typing import Iterable
+from collections.abc import Iterable
 
 import torch
 

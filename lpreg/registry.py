@@ -6,7 +6,8 @@ losses (``conf/regularizer``), tasks (``conf/task``), rollout engines (``conf/ro
 
 from __future__ import annotations
 
-from typing import Any, Callable, Generic, TypeVar
+from collections.abc import Callable
+from typing import Any, Generic, TypeVar
 
 T = TypeVar("T")
 

@@ -87,6 +87,15 @@ def thread_budget(requested: int, launcher_cfg) -> int:
     return max(1, cores // n_jobs)
 
 
+def wandb_group(cfg, root: Path, multirun: bool) -> str | None:
+    """W&B group: ``wandb.group`` if set, else the study name of a sweep, else the multirun folder (date/time)."""
+    if cfg.wandb.group:
+        return cfg.wandb.group
+    if cfg.get("sweep") is not None:
+        return cfg.sweep.name
+    return "/".join(root.parts[-2:]) if multirun else None
+
+
 def write_json(path: Path, data: dict) -> None:
     tmp = path.with_suffix(".tmp")
     tmp.write_text(json.dumps(data, indent=1, sort_keys=True, default=str))
@@ -96,7 +105,7 @@ def write_json(path: Path, data: dict) -> None:
 def print_table(summary: dict) -> None:
     rows = [("metric", "start", "final", "best")]
     for k in summary["final"]:
-        fmt = lambda v: "-" if v is None else f"{v:.4f}"  # noqa: E731
+        fmt = lambda v: "-" if v is None else f"{v:.4f}"
         rows.append((k, fmt(summary["initial"].get(k)), fmt(summary["final"].get(k)), fmt(summary["best"].get(k))))
     for k in ("policy/entropy", "train/reward_mean", "lpreg/regularized"):
         if k in summary["last_train"] and summary["last_train"][k] is not None:
@@ -128,7 +137,7 @@ def main(cfg: DictConfig) -> float:
 
     def make_tracker(run_id, resume_step):
         holder["tracker"] = build_tracker(
-            cfg_obj.wandb, job_dir, resolved, cfg.wandb.group or (root.name if multirun else None),
+            cfg_obj.wandb, job_dir, resolved, wandb_group(cfg, root, multirun),
             name=f"{reg}-s{cfg.seed}", job_type=reg, tags=[f"git:{base['git_revision']}", *cfg.wandb.tags],
             run_id=run_id, resume_step=resume_step)
         return holder["tracker"]
@@ -146,7 +155,7 @@ def main(cfg: DictConfig) -> float:
             holder["tracker"].finish(exit_code=0)
         log.info("job %s pruned: %s", job_dir, err)
         return math.nan
-    except Exception as err:  # noqa: BLE001 -- any failure must be recorded before it propagates
+    except Exception as err:  # any failure is recorded (summary.json, W&B) before it propagates
         write_json(job_dir / "summary.json", {**base, "status": "failed", "error": f"{type(err).__name__}: {err}",
                                                "wall_time_s": round(time.time() - t0, 2)})
         if "tracker" in holder:

@@ -17,6 +17,7 @@ log-probs are used).
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import random
@@ -33,7 +34,7 @@ from lpreg.advantages import grpo_advantages
 from lpreg.eval import evaluate
 from lpreg.losses import LossInputs, approx_kl, get_loss, loss_needs
 from lpreg.losses.lpreg import rollout_threshold
-from lpreg.metrics import mean_metrics, masked_mean_value, probability_histogram, token_entropy
+from lpreg.metrics import masked_mean_value, mean_metrics, probability_histogram, token_entropy
 from lpreg.models import load_policy, load_pretrained
 from lpreg.proxy import proxy_log_prob, tail_mass
 from lpreg.rollout import Generation, build_rollout
@@ -226,7 +227,7 @@ def train(cfg, job_dir: Path, make_tracker, on_eval=None) -> dict:
     tracker = make_tracker(state.get("wandb_run_id"), start)  # first, so that a bad model or task is tracked too
     task = build_task(cfg.task)
     model, tokenizer, model_path = load_policy(cfg.model, task) if ckpt is None else (*load_pretrained(ckpt), str(ckpt))
-    reg_cfg = dict(cfg.regularizer.__dict__) if hasattr(cfg.regularizer, "__dict__") else dict(cfg.regularizer)
+    reg_cfg = dataclasses.asdict(cfg.regularizer)  # losses take a plain mapping (lpreg.losses docstring)
     loss_fn, needs = get_loss(reg_cfg["name"]), loss_needs(reg_cfg["name"], reg_cfg)
     sampler = PromptSampler(len(task.train_problems()), cfg.seed)
     model.to(device)

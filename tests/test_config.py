@@ -4,9 +4,9 @@ import subprocess
 import sys
 
 import pytest
+from conftest import ROOT, compose_cfg
 from hydra.errors import ConfigCompositionException
 
-from conftest import ROOT, compose_cfg
 from lpreg.config import REGULARIZER_SCHEMAS, options
 from lpreg.losses import LOSSES
 from lpreg.rollout import ROLLOUTS

@@ -388,8 +388,9 @@ def test_every_loss_returns_pg_and_reg_parts_and_a_finite_scalar():
     inp = LossInputs(lp, lp.detach() - 0.05, torch.randn(B, generator=g, dtype=torch.float64)[:, None].expand(B, T),
                      torch.ones(B, T, dtype=torch.float64), proxy_log_prob=proxy_log_prob(logits.detach(), tokens, 0.02),
                      entropy=ent, logits=logits, old_logits=logits.detach())
-    import yaml
     from pathlib import Path
+
+    import yaml
 
     for name in LOSSES.names():
         cfg = yaml.safe_load((Path(__file__).parents[1] / "conf" / "regularizer" / f"{name}.yaml").read_text())

@@ -1,8 +1,8 @@
 """Tokenizer, tiny model save/load, task rewards and math grading."""
 
 import torch
-
 from conftest import compose_cfg
+
 from lpreg.models import build_char_tokenizer, build_tiny_model, load_pretrained
 from lpreg.rollout import response_mask
 from lpreg.tasks import build_task
@@ -71,7 +71,6 @@ def test_math_grading():
 
 def test_math_task_reads_the_shared_data():
     import pytest
-
     from conftest import ROOT
 
     data = ROOT.parent / "shared" / "data" / "math"

@@ -6,7 +6,6 @@ import sys
 
 import optuna
 import pytest
-
 from conftest import ROOT, run_cli
 
 TINY = ["trainer.steps=2", "trainer.prompts_per_step=4", "eval.every=1", "eval.samples=0"]

@@ -2,11 +2,11 @@
 
 import json
 import os
-
-import pytest
 from pathlib import Path
 
+import pytest
 from conftest import run_cli
+
 from lpreg.tracking import LocalStore
 
 TINY = ["trainer.steps=2", "trainer.prompts_per_step=4", "eval.every=1", "eval.samples=0",
@@ -96,6 +96,10 @@ def test_a_failing_job_finishes_its_tracker_as_failed(tmp_path, monkeypatch):
     assert run_in_process(monkeypatch, tmp_path, ["model=hf", "model.path=/nonexistent", *TINY]) == [1]
     assert json.loads((tmp_path / "run" / "summary.json").read_text())["status"] == "failed"
     assert run_in_process(monkeypatch, tmp_path / "ok", TINY) == [0]
+    from lpreg import checkpoint
+
+    state = checkpoint.load_state(checkpoint.latest(tmp_path / "ok" / "run"))
+    assert state["wandb_run_id"] == FakeTracker.run_id  # a resumed job reopens the same W&B run
 
 
 def test_mixed_multirun_fails_only_the_bad_job(tmp_path):
@@ -124,10 +128,23 @@ def test_submitit_local_launcher(tmp_path):
 
 
 def test_slurm_launcher_config_composes():
-    from hydra import compose, initialize_config_dir
-
     from conftest import ROOT
+    from hydra import compose, initialize_config_dir
 
     with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
         cfg = compose(config_name="config", overrides=["hydra/launcher=submitit_slurm"], return_hydra_config=True)
     assert "SlurmLauncher" in cfg.hydra.launcher._target_
+
+
+def test_wandb_group_is_the_study_or_the_multirun():
+    from omegaconf import OmegaConf
+
+    from lpreg.run import wandb_group
+
+    root = Path("/x/multirun/2026-11-26/17-35-51")
+    cfg = OmegaConf.create({"wandb": {"group": None}, "sweep": None})
+    assert wandb_group(cfg, root, multirun=True) == "2026-11-26/17-35-51"
+    assert wandb_group(cfg, root, multirun=False) is None
+    assert wandb_group(OmegaConf.create({"wandb": {"group": None}, "sweep": {"name": "lpreg_core"}}), root, True) == \
+        "lpreg_core"
+    assert wandb_group(OmegaConf.create({"wandb": {"group": "mine"}, "sweep": None}), root, True) == "mine"

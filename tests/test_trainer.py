@@ -5,8 +5,8 @@ import math
 
 import pytest
 import torch
-
 from conftest import FAST, compose_cfg, run_cli
+
 from lpreg.metrics import METRICS
 
 
@@ -48,10 +48,10 @@ def test_smoke_run_logs_every_metric_name_with_finite_loss(smoke_run):
 
 
 def test_parameters_change_and_resume_continues_at_the_right_step(tmp_path):
-    from lpreg.trainer import train
-    from lpreg.tracking import LocalStore
     from lpreg.models import load_pretrained, tiny_policy_path
     from lpreg.tasks import build_task
+    from lpreg.tracking import LocalStore
+    from lpreg.trainer import train
 
     cfg = compose_cfg([*FAST, "trainer.steps=2", "eval.at_start=false"])
     train(cfg, tmp_path, lambda run_id, step: LocalStore(tmp_path, step))
@@ -73,8 +73,8 @@ def test_parameters_change_and_resume_continues_at_the_right_step(tmp_path):
 
 
 def test_same_seed_same_config_gives_identical_metrics_files(tmp_path):
-    from lpreg.trainer import train
     from lpreg.tracking import LocalStore
+    from lpreg.trainer import train
 
     files = []
     for name in ("a", "b"):
@@ -89,9 +89,9 @@ def test_same_seed_same_config_gives_identical_metrics_files(tmp_path):
 
 @pytest.mark.parametrize("reg", ["lpreg", "none"])
 def test_lpreg_adds_no_forward_pass_on_policy(tmp_path, reg):
-    from lpreg.trainer import train
-    from lpreg.tracking import LocalStore
     import lpreg.trainer as T
+    from lpreg.tracking import LocalStore
+    from lpreg.trainer import train
 
     calls = {"n": 0}
     real = T.forward_logits

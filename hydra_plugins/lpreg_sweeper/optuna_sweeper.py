@@ -85,7 +85,6 @@ class LpregOptunaSweeper(Sweeper):
                                                                 task_function=task_function, config=config)
 
     def sweep(self, arguments: list[str]) -> Any:
-        import optuna
 
         from lpreg import pruning
 

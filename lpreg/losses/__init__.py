@@ -6,14 +6,16 @@ loss) and ``policy/clipfrac``. Shapes: ``[B, T]`` = responses × response positi
 
 Each registry entry also says which extra targets the trainer must provide (``needs``): ``proxy``
 (π_proxy at the sampled token, from π_old), ``entropy`` (per-token entropy with gradient), ``logits``
-(current temperature-scaled logits with gradient), ``old_logits`` (π_old's temperature-scaled logits).
+(current temperature-scaled logits with gradient), ``old_logits`` (π_old's temperature-scaled logits),
+``lowprob_threshold`` (a selection threshold fixed over the rollout, Lp-Reg ``scope: batch``).
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, Callable, Mapping
+from typing import Any
 
 import torch
 
@@ -61,7 +63,7 @@ def get_loss(name: str) -> LossFn:
 
 
 def loss_needs(name: str, cfg: Mapping[str, Any]) -> frozenset[str]:
-    """Extra targets (``proxy``, ``entropy``, ``logits``, ``old_logits``) that loss ``name`` needs under ``cfg``."""
+    """Extra targets (see the module docstring) that loss ``name`` needs under ``cfg``."""
     return LOSSES.get(name).needs(cfg)
 
 
@@ -135,4 +137,4 @@ def pg_metrics(pg: torch.Tensor, reg: torch.Tensor, clipfrac: torch.Tensor) -> d
 
 
 # Import for the registration side effect: one module per family.
-from lpreg.losses import cov, lpreg, ppo  # noqa: E402,F401
+from lpreg.losses import cov, lpreg, ppo  # noqa: F401
