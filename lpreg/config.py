@@ -181,6 +181,7 @@ class TrainerConfig:
     weight_decay: float = 0.0
     betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
     grad_clip: float = 1.0
+    max_bad_steps: int = 10  # consecutive rollout steps whose every update was skipped (non-finite) -> diverged
     checkpoint_every: int = 100  # 0 = only at the end
     # torch intra-op threads; 0 = auto: all cores for a lone job, cores / n_jobs under hydra/launcher=joblib.
     # Measured on 2 cores: a lone run takes 0.35 s/step with 2 threads and ~0.5 s/step with 1.

@@ -68,15 +68,6 @@ def summarize(evals: list[dict], last: dict, cfg_obj) -> dict:
     }
 
 
-def pruning_exceptions() -> tuple[type, ...]:
-    try:
-        import optuna
-
-        return (optuna.TrialPruned,)
-    except ImportError:  # pragma: no cover - optuna is a dependency
-        return ()
-
-
 def thread_budget(requested: int, launcher_cfg) -> int:
     """Torch threads for this job: ``requested`` if set, else the machine's cores shared among parallel jobs."""
     if requested:
@@ -117,6 +108,8 @@ def print_table(summary: dict) -> None:
 
 @hydra.main(version_base="1.3", config_path=str(ROOT / "conf"), config_name="config")
 def main(cfg: DictConfig) -> float:
+    import optuna
+
     from lpreg.tracking import build_tracker, wandb_env
     from lpreg.trainer import train
 
@@ -148,7 +141,7 @@ def main(cfg: DictConfig) -> float:
     t0 = time.time()
     try:
         out = train(cfg_obj, job_dir, make_tracker, on_eval=on_eval)
-    except pruning_exceptions() as err:
+    except optuna.TrialPruned as err:
         write_json(job_dir / "summary.json", {**base, "status": "pruned", "error": str(err),
                                                "wall_time_s": round(time.time() - t0, 2)})
         if "tracker" in holder:

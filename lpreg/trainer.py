@@ -241,6 +241,7 @@ def train(cfg, job_dir: Path, make_tracker, on_eval=None) -> dict:
     evals: list[dict] = state.get("evals", [])
     G, T, max_len = cfg.rollout.group_size, cfg.rollout.temperature, cfg.task.max_response_len
     last: dict[str, float] = {}
+    bad_steps = 0
 
     def run_eval(step: int) -> dict[str, float]:
         res = evaluate(engine, task, cfg.eval, max_len, seed=cfg.seed * 100_003 + step)
@@ -298,6 +299,10 @@ def train(cfg, job_dir: Path, make_tracker, on_eval=None) -> dict:
         metrics["perf/tokens_per_s"] = 2 * gen.response_mask.sum().item() / elapsed
         tracker.log(metrics, step)
         last = metrics
+        bad_steps = bad_steps + 1 if metrics["optim/skipped"] == cfg.trainer.mini_batches else 0
+        if bad_steps >= cfg.trainer.max_bad_steps:
+            raise FloatingPointError(f"training diverged: every update of the last {bad_steps} steps had a non-finite "
+                                     "gradient norm (trainer.max_bad_steps)")
         bar.set_postfix(reward=f"{metrics['train/reward_mean']:.2f}", entropy=f"{metrics['policy/entropy']:.3f}",
                         eval=f"{evals[-1]['eval/mean']:.3f}" if evals else "-")
     bar.close()

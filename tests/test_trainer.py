@@ -126,3 +126,14 @@ def test_nonfinite_gradient_skips_the_step(tmp_path, monkeypatch):
     T.train(cfg, tmp_path, lambda r, s: LocalStore(tmp_path, s))
     row = read_jsonl(tmp_path / "metrics.jsonl")[-1]
     assert row["optim/skipped"] == 2.0 and row["optim/grad_norm"] is None
+
+
+def test_a_diverged_run_fails(tmp_path, monkeypatch):
+    import lpreg.trainer as T
+    from lpreg.tracking import LocalStore
+
+    monkeypatch.setattr(T.torch.nn.utils, "clip_grad_norm_", lambda *a, **k: torch.tensor(float("nan")))
+    cfg = compose_cfg([*FAST, "trainer.steps=5", "trainer.max_bad_steps=2", "eval.at_start=false", "eval.every=0"])
+    with pytest.raises(FloatingPointError, match="diverged"):
+        T.train(cfg, tmp_path, lambda r, s: LocalStore(tmp_path, s))
+    assert [r["step"] for r in read_jsonl(tmp_path / "metrics.jsonl")] == [1, 2]
