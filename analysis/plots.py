@@ -3,6 +3,7 @@
     python analysis/plots.py <multirun or job folder> [more folders] [--out DIR]
     python analysis/plots.py --wandb ENTITY/PROJECT --group G --out DIR
     python analysis/plots.py <sweep folder>            # also writes the Optuna sweep plots
+    python analysis/plots.py --storage sqlite:///path/study.db --study NAME --out DIR
 
 Writes, into ``--out`` (default ``<first folder>/figures``): one PNG+PDF per metric of ``figures.CURVES`` (mean over
 seeds, 95% bootstrap band, one line per regularizer), ``prob_distribution.png/pdf``, and
@@ -53,9 +54,17 @@ def main(argv=None) -> int:
     ap.add_argument("--wandb", metavar="ENTITY/PROJECT")
     ap.add_argument("--group")
     ap.add_argument("--steps", help="comma-separated steps for the probability-distribution figure")
+    ap.add_argument("--storage", help="an Optuna storage URL: plot the study named by --study")
+    ap.add_argument("--study")
     args = ap.parse_args(argv)
+    if args.storage:
+        if not args.study:
+            ap.error("--storage needs --study NAME")
+        for p in plot_sweep(args.storage, args.study, args.out or Path("figures")):
+            print(f"wrote {p}")
+        return 0
     if not args.folders and not args.wandb:
-        ap.error("give run folders or --wandb ENTITY/PROJECT")
+        ap.error("give run folders, --wandb ENTITY/PROJECT, or --storage URL --study NAME")
     try:
         runs = load_wandb(args.wandb, args.group) if args.wandb else load_runs(args.folders)
     except FileNotFoundError as err:

@@ -34,6 +34,14 @@ def test_sweep_runs_resumes_and_reports(tmp_path):
     for name in ("trials.csv", "sweep_history.png", "sweep_importance.png", "sweep_slice.png"):
         assert (sw / name).stat().st_size > 0
 
+    for extra in ([str(sw)], ["--storage", storage, "--study", "lpreg_core"]):  # the analysis CLI on a sweep
+        out = tmp_path / f"figs{len(extra)}"
+        proc = subprocess.run([sys.executable, str(ROOT / "analysis" / "plots.py"), *extra, "--out", str(out)],
+                              capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 0, proc.stderr
+        for name in ("sweep_history.pdf", "sweep_importance.png", "sweep_slice.png"):
+            assert (out / name).stat().st_size > 0
+
     run_cli(args[:2] + ["sweep.n_trials=2", *args[3:]], cwd=tmp_path)  # the same command again: resume
     st, _ = states(storage, "lpreg_core")
     assert st == ["COMPLETE"] * 5 and len(list(sw.glob("trial_*"))) == 5
