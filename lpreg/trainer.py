@@ -108,9 +108,15 @@ def _chunks(n: int, size: int):
     return [slice(s, min(s + size, n)) for s in range(0, n, size)]
 
 
+def spark_ids(tokenizer, sparks: dict[str, list[str]], device) -> dict[str, torch.Tensor]:
+    """Token ids of each configured token set (``metrics.sparks``): the first token of each word."""
+    return {name: torch.tensor([i for w in words for i in tokenizer.encode(w, add_special_tokens=False)[:1]],
+                               device=device) for name, words in sparks.items()}
+
+
 @torch.no_grad()
 def compute_targets(model, gen: Generation, adv: torch.Tensor, temperature: float, needs: frozenset[str],
-                    reg_cfg: dict, mcfg, micro: int, tokenizer) -> tuple[Targets, dict[str, float]]:
+                    reg_cfg: dict, mcfg, micro: int, sparks: dict[str, torch.Tensor]) -> tuple[Targets, dict[str, float]]:
     """π_old log-probs, policy metrics and the regularizer's extra targets from one forward pass."""
     was_training = model.training
     model.eval()
@@ -137,9 +143,8 @@ def compute_targets(model, gen: Generation, adv: torch.Tensor, temperature: floa
         "policy/sampled_prob_mean": masked_mean_value(p, mask),
         "policy/lowprob_frac": masked_mean_value((p < mcfg.lowprob_threshold).float(), mask),
     }
-    for name, words in mcfg.sparks.items():
-        ids = [i for w in words for i in tokenizer.encode(w, add_special_tokens=False)[:1]]
-        hit = torch.isin(gen.response_ids, torch.tensor(ids, device=mask.device)).float() * mask
+    for name, ids in sparks.items():
+        hit = torch.isin(gen.response_ids, ids).float() * mask
         metrics[f"sparks/{name}/prob"] = masked_mean_value(p, hit)
     return targets, metrics
 
@@ -238,6 +243,7 @@ def train(cfg, job_dir: Path, make_tracker, on_eval=None) -> dict:
         sampler.load(state["sampler"])
         torch.set_rng_state(state["torch_rng"])
     engine = build_rollout(cfg.rollout, model, tokenizer, model_path)
+    sparks = spark_ids(tokenizer, cfg.metrics.sparks, device)
     evals: list[dict] = state.get("evals", [])
     G, T, max_len = cfg.rollout.group_size, cfg.rollout.temperature, cfg.task.max_response_len
     last: dict[str, float] = {}
@@ -266,7 +272,7 @@ def train(cfg, job_dir: Path, make_tracker, on_eval=None) -> dict:
             adv = grpo_advantages(rewards, G)[:, None] * gen.response_mask  # [B, R]
         with timer("targets"):
             tg, metrics = compute_targets(model, gen, adv, T, needs, reg_cfg, cfg.metrics,
-                                          cfg.trainer.micro_batch_size, tokenizer)
+                                          cfg.trainer.micro_batch_size, sparks)
         with timer("update"):
             metrics.update(update(model, opt, gen, adv, tg, loss_fn, reg_cfg, needs, cfg))
             engine.sync_weights()
