@@ -1,7 +1,8 @@
 """Figures: one line per regularizer (mean over seeds, 95% bootstrap band) against training step, the
 sampled-probability distribution over training (the paper's Fig. 1 style), and Optuna sweep plots.
 
-Colors are fixed per regularizer (registry order), so an arm has the same color in every figure.
+Labels and colors come from the regularizer registry (``lpreg/losses``), so an arm has the same name and color in every
+figure.
 """
 
 from __future__ import annotations
@@ -26,15 +27,30 @@ CURVES = {
     "lpreg/delta": ("Lp-Reg selection threshold δ", "largest π_θ(y) among selected tokens", 10),
     "lpreg/reg_ratio": ("Lp-Reg regularization ratio", "regularized / candidates", 10),
 }
-ORDER = ["lpreg", "none", "entropy", "clip_higher", "kl_cov", "clip_cov", "highent_8020", "gspo"]
-LABELS = {"lpreg": "Lp-Reg", "none": "GRPO", "entropy": "GRPO + entropy", "clip_higher": "Clip-Higher",
-          "kl_cov": "KL-Cov", "clip_cov": "Clip-Cov", "highent_8020": "80/20", "gspo": "GSPO"}
+
+
+def _entries():
+    from lpreg.losses import REGULARIZERS
+
+    return {r.name: r for r in REGULARIZERS.entries()}
+
+
+def label(reg: str) -> str:
+    """The regularizer's display label from its registry entry (the option name for unknown arms)."""
+    entry = _entries().get(reg)
+    return entry.label if entry else reg
 
 
 def color(reg: str) -> str:
-    palette = plt.get_cmap("tab10").colors
-    idx = ORDER.index(reg) if reg in ORDER else len(ORDER) + sum(map(ord, reg)) % 2
-    return matplotlib.colors.to_hex(palette[idx % len(palette)])
+    """The regularizer's color from its registry entry; unknown arms get a gray."""
+    entry = _entries().get(reg)
+    return entry.color if entry else "#bcbd22"
+
+
+def legend_order(regs) -> list[str]:
+    """Regularizers in registry order (unknown names last, alphabetically)."""
+    order = list(_entries())
+    return sorted(regs, key=lambda r: (order.index(r) if r in order else len(order), r))
 
 
 def file_stem(metric: str) -> str:
@@ -44,10 +60,10 @@ def file_stem(metric: str) -> str:
 def plot_curve(stats: pd.DataFrame, metric: str, title: str | None = None, ylabel: str | None = None):
     """Mean line and CI band per regularizer from ``curve_stats`` output."""
     fig, ax = plt.subplots(figsize=(6.4, 4.0), constrained_layout=True)
-    for reg in sorted(stats.regularizer.unique(), key=lambda r: (ORDER.index(r) if r in ORDER else 99, r)):
+    for reg in legend_order(stats.regularizer.unique()):
         g = stats[stats.regularizer == reg].sort_values("step")
         n = int(g.n.max())
-        ax.plot(g.step, g["mean"], color=color(reg), lw=1.6, label=f"{LABELS.get(reg, reg)} (n={n})")
+        ax.plot(g.step, g["mean"], color=color(reg), lw=1.6, label=f"{label(reg)} (n={n})")
         ax.fill_between(g.step, g.low, g.high, color=color(reg), alpha=0.2, lw=0)
     ax.set_title(title or metric)
     ax.set_xlabel("training step (rollout batches)")
@@ -59,7 +75,7 @@ def plot_curve(stats: pd.DataFrame, metric: str, title: str | None = None, ylabe
 
 def plot_prob_distribution(hists: pd.DataFrame, steps: list[int] | None = None, n_steps: int = 5):
     """Ridge plot of the sampled-token probability distribution at chosen steps, one panel per regularizer."""
-    regs = sorted(hists.regularizer.unique(), key=lambda r: (ORDER.index(r) if r in ORDER else 99, r))
+    regs = legend_order(hists.regularizer.unique())
     all_steps = sorted(hists.step.unique())
     if steps is None:
         steps = sorted({all_steps[int(i)] for i in np.linspace(0, len(all_steps) - 1, min(n_steps, len(all_steps)))})
@@ -78,7 +94,7 @@ def plot_prob_distribution(hists: pd.DataFrame, steps: list[int] | None = None, 
             ax.fill_between(centers, i, i + dens * scale, color=color(reg), alpha=0.55, lw=0)
             ax.plot(centers, i + dens * scale, color=color(reg), lw=0.8)
         ax.set_yticks(range(len(steps)), [str(s) for s in steps])
-        ax.set_title(LABELS.get(reg, reg))
+        ax.set_title(label(reg))
         ax.set_xlabel("sampled-token probability π_old(y)")
         ax.set_xlim(0, 1)
     axes[0][0].set_ylabel("training step")

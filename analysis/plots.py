@@ -17,8 +17,6 @@ import json
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
 from analysis.figures import CURVES, file_stem, plot_curve, plot_prob_distribution, plot_sweep, save
 from analysis.load import load_histograms, load_runs, load_wandb
 from analysis.stats import curve_stats, results_table

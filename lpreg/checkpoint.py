@@ -5,6 +5,7 @@ Each is written to a temporary folder and renamed, so a crash never leaves a hal
 from __future__ import annotations
 
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -35,3 +36,17 @@ def latest(job_dir: Path) -> Path | None:
 
 def load_state(path: Path) -> dict:
     return torch.load(path / STATE, weights_only=False)
+
+
+@dataclass(frozen=True)
+class Resume:
+    """Where a resumed run continues: the checkpoint folder and its trainer state."""
+
+    path: Path
+    state: dict
+
+
+def find_resume(job_dir: Path) -> Resume | None:
+    """The latest checkpoint of ``job_dir`` with its state, or None when the folder has none."""
+    path = latest(job_dir)
+    return Resume(path, load_state(path)) if path is not None else None

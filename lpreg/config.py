@@ -1,13 +1,20 @@
-"""Structured configs: one dataclass per config-group option, registered in Hydra's ConfigStore.
+"""Structured configs: the one source of every configuration value, and the Hydra config groups built from them.
 
-A typo (``trainer.stepz=3``) or a wrong type (``trainer.steps=abc``) fails at composition with Hydra's message.
-Each YAML under ``conf/<group>/`` extends its schema (``defaults: [schema_<name>, _self_]``); the YAMLs hold the
-values, the dataclasses hold the types. ``sweeps/*.yaml`` are registered here as the ``sweep`` group, so that
-``+sweep=<name>`` finds them.
+Each option of a config group is a dataclass registered in Hydra's ConfigStore under its user-facing name
+(``model=tiny|hf``, ``task=arithmetic|math``, ``rollout=hf|vllm``, ``regularizer=<name>``); the dataclass defaults ARE
+the option's values, each with its provenance in a comment. Regularizer schemas live beside their loss and come from
+the regularizer registry (``lpreg/losses``). ``conf/config.yaml`` only picks the default options and Hydra's folders;
+``conf/experiment/*.yaml`` and ``sweeps/*.yaml`` are named bundles of overrides. A typo (``trainer.stepz=3``) or a wrong
+type (``trainer.steps=abc``) fails at composition with Hydra's message (``tests/test_config.py`` also checks that no
+YAML restates a dataclass default and that every YAML key has a schema field).
+
+Values sized for the embedded CPU testbed are marked with ``embedded(...)``: a run with a real model
+(``model=hf``) that leaves any of them at its default is warned with the list (``embedded_values``).
 """
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -18,11 +25,19 @@ from omegaconf import MISSING, OmegaConf
 ROOT = Path(__file__).resolve().parents[1]
 
 
+def embedded(default: Any, real: str) -> Any:
+    """A default sized for the embedded CPU testbed; ``real`` says what the paper's real-model runs use."""
+    return field(default=default, metadata={"embedded": real})
+
+
 # ---- model --------------------------------------------------------------------------------------------------
 
 
 @dataclass
 class TinyModelConfig:
+    """The embedded model: a 0.53 M-parameter Qwen2 with a character tokenizer, warmed up by a short supervised
+    stage on the task's training split (run once, cached under ``cache_dir``). See lpreg/models.py."""
+
     kind: str = "tiny"
     vocab_size: int = 64
     hidden_size: int = 128
@@ -30,7 +45,7 @@ class TinyModelConfig:
     num_layers: int = 2
     num_heads: int = 4
     max_positions: int = 32
-    warmup_steps: int = 700
+    warmup_steps: int = 700  # see lpreg/models.py::supervised_warmup for the measured accuracy
     warmup_lr: float = 1e-3
     warmup_batch_size: int = 128
     warmup_seed: int = 0
@@ -39,10 +54,12 @@ class TinyModelConfig:
 
 @dataclass
 class HFModelConfig:
+    """Any Hugging Face causal LM: ``model=hf model.path=<hub id or local folder>``."""
+
     kind: str = "hf"
     path: str = MISSING  # hub id (must be in the local HF cache) or a folder saved with save_pretrained
     dtype: str = "bfloat16"
-    trust_remote_code: bool = False
+    trust_remote_code: bool = False  # never on unless the user sets it: it runs Python code shipped with the model
     gradient_checkpointing: bool = True
 
 
@@ -51,6 +68,8 @@ class HFModelConfig:
 
 @dataclass
 class ArithmeticTaskConfig:
+    """The embedded task: fixed-width two-digit addition, ``07+45=`` -> ``52<eos>``, exact-match reward."""
+
     name: str = "arithmetic"
     digits: int = 2
     n_test: int = 500
@@ -58,17 +77,23 @@ class ArithmeticTaskConfig:
     max_response_len: int = 4
 
 
+MATH_DATA = "${oc.env:LPREG_MATH_DATA,'../shared/data/math'}"
+
+
 @dataclass
 class MathTaskConfig:
+    """The paper's setting: DAPO-Math training prompts, five benchmarks, math-verify grading of boxed answers."""
+
     name: str = "math"
-    train_file: str = MISSING
-    eval_files: list[str] = field(default_factory=list)
+    train_file: str = f"{MATH_DATA}/dapo_math_train_2000.jsonl"
+    eval_files: list[str] = field(default_factory=lambda: [
+        f"{MATH_DATA}/{name}.jsonl" for name in ("aime24", "aime25", "math500", "minerva", "olympiadbench")])
     max_train: int = 0  # 0 = all
     max_eval: int = 0  # per eval file; 0 = all
-    sampled_sources: list[str] = field(default_factory=lambda: ["aime24", "aime25"])
-    sampled_k: int = 16
-    sampled_temperature: float = 0.6
-    max_response_len: int = 8192
+    sampled_sources: list[str] = field(default_factory=lambda: ["aime24", "aime25"])  # avg@16 at T=0.6 (paper §5.1.3)
+    sampled_k: int = 16  # paper §5.1.3
+    sampled_temperature: float = 0.6  # paper §5.1.3; the other sources are decoded greedily
+    max_response_len: int = 8192  # recipe max_response_length
 
 
 # ---- rollout --------------------------------------------------------------------------------------------------
@@ -76,96 +101,22 @@ class MathTaskConfig:
 
 @dataclass
 class HFRolloutConfig:
+    """Rollouts with Hugging Face generate (KV cache, sampling at temperature). CPU or GPU."""
+
     name: str = "hf"
-    temperature: float = 1.0
-    group_size: int = 8
+    temperature: float = 1.0  # recipe temperature=1.0
+    group_size: int = 8  # responses per prompt G (recipe n_resp_per_prompt=8)
 
 
 @dataclass
-class VLLMRolloutConfig:
+class VLLMRolloutConfig(HFRolloutConfig):
+    """Rollouts with vLLM (GPU; pip install -e '.[gpu]'). Weights are pushed to the engine after every update."""
+
     name: str = "vllm"
-    temperature: float = 1.0
-    group_size: int = 8
     gpu_memory_utilization: float = 0.4
     dtype: str = "bfloat16"
     enforce_eager: bool = True
     max_model_len: int | None = None
-
-
-# ---- regularizers (one per conf/regularizer option) ------------------------------------------------------------
-
-
-@dataclass
-class PPOClip:
-    name: str = MISSING
-    clip_low: float = 0.2
-    clip_high: float = 0.2
-
-
-@dataclass
-class NoneReg(PPOClip):
-    name: str = "none"
-
-
-@dataclass
-class ClipHigherReg(PPOClip):
-    name: str = "clip_higher"
-    clip_high: float = 0.28
-
-
-@dataclass
-class EntropyReg(PPOClip):
-    name: str = "entropy"
-    entropy_coef: float = 0.002
-
-
-@dataclass
-class LpRegReg(PPOClip):
-    name: str = "lpreg"
-    kappa: float = 0.02
-    mode: str = "minp"
-    rho: float = 0.01
-    beta: float = 1.0
-    clip_low: float = 1.0
-    clip_high: float = 9.0
-    scope: str = "minibatch"
-    rho_pos: float = 0.0
-    divergence: str = "k3"
-
-
-@dataclass
-class KLCovReg:
-    name: str = "kl_cov"
-    k_percent: float = 0.2
-    kl_coef: float = 1.0
-
-
-@dataclass
-class ClipCovReg(PPOClip):
-    name: str = "clip_cov"
-    clip_ratio: float = 0.0002
-    cov_lb: float = 1.0
-    cov_ub: float = 5.0
-    clip_low: float = 1.0
-    clip_high: float = 1.0
-
-
-@dataclass
-class HighEntReg(PPOClip):
-    name: str = "highent_8020"
-    top_frac: float = 0.2
-
-
-@dataclass
-class GSPOReg(PPOClip):
-    name: str = "gspo"
-    clip_low: float = 3e-4
-    clip_high: float = 4e-4
-    loss_agg: str = "seq-mean-token-mean"
-
-
-REGULARIZER_SCHEMAS = {"none": NoneReg, "clip_higher": ClipHigherReg, "entropy": EntropyReg, "lpreg": LpRegReg,
-                       "kl_cov": KLCovReg, "clip_cov": ClipCovReg, "highent_8020": HighEntReg, "gspo": GSPOReg}
 
 
 # ---- trainer, eval, metrics, tracking -------------------------------------------------------------------------
@@ -173,19 +124,18 @@ REGULARIZER_SCHEMAS = {"none": NoneReg, "clip_higher": ClipHigherReg, "entropy":
 
 @dataclass
 class TrainerConfig:
-    steps: int = 400  # one step = one rollout batch (the paper's step)
-    prompts_per_step: int = 32
-    mini_batches: int = 2  # gradient steps per rollout; 1 = on-policy (the embedded default is mildly off-policy)
+    steps: int = embedded(400, "1,000 (Qwen3-14B) / 800 (Qwen2.5-32B)")  # one step = one rollout batch
+    prompts_per_step: int = embedded(32, "256 (recipe train_prompt_bsz)")
+    # gradient steps per rollout; 1 = on-policy. The embedded default is mildly off-policy.
+    mini_batches: int = embedded(2, "1 on-policy, 8 off-policy (recipe train_prompt_mini_bsz 256 / 32)")
     micro_batch_size: int = 0  # sequences per forward/backward (gradient accumulation); 0 = whole mini-batch
-    lr: float = 3e-4
-    weight_decay: float = 0.0
-    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
-    grad_clip: float = 1.0
+    lr: float = embedded(3e-4, "1e-6 (recipe)")  # 1e-3 destroyed the embedded policy (DESIGN.md §3)
+    weight_decay: float = 0.0  # recipe weight_decay=0
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])  # AdamW betas of the reference (fsdp_workers.py)
+    grad_clip: float = 1.0  # recipe grad_clip=1.0
     max_bad_steps: int = 10  # consecutive rollout steps whose every update was skipped (non-finite) -> diverged
     checkpoint_every: int = 100  # 0 = only at the end
-    # torch intra-op threads; 0 = auto: all cores for a lone job, cores / n_jobs under hydra/launcher=joblib.
-    # Measured on 2 cores: a lone run takes 0.35 s/step with 2 threads and ~0.5 s/step with 1.
-    num_threads: int = 0
+    num_threads: int = 0  # torch intra-op threads; 0 = all cores for a lone job, cores / n_jobs under joblib
     device: str = "auto"  # auto | cpu | cuda
     resume: bool = False  # continue from the latest checkpoint in the job folder
     logits_chunk: int = 4096  # rows per chunk for full-vocabulary work (proxy, entropy)
@@ -193,17 +143,17 @@ class TrainerConfig:
 
 @dataclass
 class EvalConfig:
-    every: int = 50  # steps between held-out evaluations; 0 = only at the end
+    every: int = embedded(50, "8 (recipe test_freq)")  # steps between held-out evaluations; 0 = only at the end
     at_start: bool = True  # evaluate the initial policy at step 0
-    samples: int = 4  # k for avg@k / pass@k on greedy sources; 0 = greedy only
+    samples: int = embedded(4, "0: greedy only on MATH-500, Minerva, OlympiadBench")  # k of avg@k/pass@k, greedy sources
     temperature: float = 1.0
     batch_size: int = 512
 
 
 @dataclass
 class MetricsConfig:
-    lowprob_threshold: float = 0.1  # policy/lowprob_frac counts sampled tokens with π_old(y) below this
-    tail_kappa: float = 0.02  # κ of policy/tail_mass
+    lowprob_threshold: float = 0.1  # policy/lowprob_frac counts sampled tokens with π_old(y) below this probability
+    tail_kappa: float = 0.02  # κ of policy/tail_mass (the paper's min-p κ)
     sparks: dict[str, list[str]] = field(default_factory=dict)  # name -> tokens for sparks/<name>/prob
     hist_bins: int = 20  # sampled-probability histogram bins on [0, 1]
     samples_every: int = 50  # steps between tables of sample completions; 0 = off
@@ -237,8 +187,9 @@ class SweepConfig:
     storage: str | None = None  # Optuna storage URL; default sqlite in the sweep folder
     direction: str = "maximize"
     sampler_seed: int = 0
-    pruner: str = "none"  # none | median | hyperband (in-process jobs, one seed per trial)
+    pruner: str = "none"  # none | median | hyperband (one seed per trial; any launcher: reports go through storage)
     params: dict[str, Any] = field(default_factory=dict)  # key -> {type: float|int|categorical, low, high, log, choices}
+    trial: int | None = None  # set by the sweeper on each job: the Optuna trial number it evaluates
 
 
 @dataclass
@@ -256,21 +207,41 @@ class Config:
     sweep: SweepConfig | None = None
 
 
+GROUPS: dict[str, list[type]] = {
+    "model": [TinyModelConfig, HFModelConfig],
+    "task": [ArithmeticTaskConfig, MathTaskConfig],
+    "rollout": [HFRolloutConfig, VLLMRolloutConfig],
+}
+
+
+def option_name(schema: type) -> str:
+    """The user-facing option name of a group schema: its ``kind`` or ``name`` default."""
+    fields = {f.name: f.default for f in dataclasses.fields(schema)}
+    return fields.get("kind", fields.get("name"))
+
+
 def register_configs() -> None:
+    """Register the root schema, every group option and the ``sweep`` group (``sweeps/*.yaml``) with Hydra."""
+    from lpreg.losses import REGULARIZERS
+
     cs = ConfigStore.instance()
     cs.store(name="config_schema", node=Config)
-    cs.store(group="model", name="schema_tiny", node=TinyModelConfig)
-    cs.store(group="model", name="schema_hf", node=HFModelConfig)
-    cs.store(group="task", name="schema_arithmetic", node=ArithmeticTaskConfig)
-    cs.store(group="task", name="schema_math", node=MathTaskConfig)
-    cs.store(group="rollout", name="schema_hf", node=HFRolloutConfig)
-    cs.store(group="rollout", name="schema_vllm", node=VLLMRolloutConfig)
-    for name, schema in REGULARIZER_SCHEMAS.items():
-        cs.store(group="regularizer", name=f"schema_{name}", node=schema)
+    for group, schemas in GROUPS.items():
+        for schema in schemas:
+            cs.store(group=group, name=option_name(schema), node=schema)
+    for reg in REGULARIZERS.entries():
+        cs.store(group="regularizer", name=reg.name, node=reg.config)
     for path in sorted((ROOT / "sweeps").glob("*.yaml")):
         cs.store(group="sweep", name=path.stem, node=OmegaConf.load(path), package="_global_")
 
 
-def options(group: str) -> list[str]:
-    """The user-facing options of a config group (its YAML files)."""
-    return sorted(p.stem for p in (ROOT / "conf" / group).glob("*.yaml"))
+def embedded_values(cfg: Config) -> list[str]:
+    """``key=value (real scale: ...)`` for every value still at its embedded-testbed default (see ``embedded``)."""
+    out = []
+    for section in ("trainer", "eval", "regularizer", "task", "rollout"):
+        node = getattr(cfg, section)
+        for f in dataclasses.fields(node):
+            real = f.metadata.get("embedded")
+            if real is not None and getattr(node, f.name) == f.default:
+                out.append(f"{section}.{f.name}={f.default} (real scale: {real})")
+    return out

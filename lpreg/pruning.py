@@ -1,16 +1,50 @@
-"""Optuna pruning hook: the sweeper sets ``CURRENT`` to the running trial when the job runs in its process;
-``report`` is called by ``run.py`` after each held-out evaluation and raises ``optuna.TrialPruned`` to stop."""
+"""Optuna pruning from inside a job, through the study's storage (works with every launcher).
+
+The sweeper tells each job which trial it evaluates (``sweep.trial``); the job opens the same study from the same
+storage and reports its held-out metric after each evaluation; when the pruner says so it raises
+``optuna.TrialPruned``, which ``run.py`` records as status ``pruned``. Pruning needs one seed per trial (several
+jobs reporting the same trial would mix their curves).
+"""
 
 from __future__ import annotations
 
-CURRENT = None  # the optuna.Trial being run in this process, if any
+from collections.abc import Callable
+from pathlib import Path
 
 
-def report(step: int, metrics: dict[str, float], metric: str) -> None:
-    if CURRENT is None or step == 0 or metric not in metrics:
-        return
+def make_pruner(name: str):
+    """The Optuna pruner of ``sweep.pruner``: none | median | hyperband."""
     import optuna
 
-    CURRENT.report(metrics[metric], step)
-    if CURRENT.should_prune():
-        raise optuna.TrialPruned(f"pruned at step {step} ({metric}={metrics[metric]:.4f})")
+    pruners = {"none": optuna.pruners.NopPruner, "median": lambda: optuna.pruners.MedianPruner(n_warmup_steps=0),
+               "hyperband": optuna.pruners.HyperbandPruner}
+    if name not in pruners:
+        raise ValueError(f"sweep.pruner={name!r} must be one of: {', '.join(pruners)}")
+    return pruners[name]()
+
+
+def storage_url(sweep, sweep_dir: Path) -> str:
+    """``sweep.storage``, or an SQLite file named after the study in the sweep folder."""
+    return sweep.storage or f"sqlite:///{(Path(sweep_dir) / f'{sweep.name}.db').resolve()}"
+
+
+def reporter(sweep, sweep_dir: Path, metric: str) -> Callable[[int, dict], None] | None:
+    """``report(step, eval_metrics)`` for the job's trial, or None when the job is not a prunable trial."""
+    if sweep is None or sweep.trial is None or sweep.pruner == "none" or len(sweep.seeds) != 1:
+        return None
+    import optuna
+
+    study = optuna.load_study(study_name=sweep.name, storage=storage_url(sweep, sweep_dir),
+                              pruner=make_pruner(sweep.pruner))
+    # Optuna has no public "trial by number" for another process; the storage maps it to the trial id.
+    trial = optuna.trial.Trial(study, study._storage.get_trial_id_from_study_id_trial_number(study._study_id,
+                                                                                              sweep.trial))
+
+    def report(step: int, metrics: dict[str, float]) -> None:
+        if step == 0 or metric not in metrics:  # the initial policy is the same for every trial
+            return
+        trial.report(metrics[metric], step)
+        if trial.should_prune():
+            raise optuna.TrialPruned(f"pruned at step {step} ({metric}={metrics[metric]:.4f})")
+
+    return report

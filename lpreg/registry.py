@@ -1,13 +1,13 @@
 """A tiny name -> object registry, used only on the axes lpreg ablates.
 
 Each registry mirrors one Hydra config group one-to-one (``tests/test_config.py`` checks it):
-losses (``conf/regularizer``), tasks (``conf/task``), rollout engines (``conf/rollout``).
+regularizers (``regularizer=``), tasks (``task=``), rollout engines (``rollout=``).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any, Generic, TypeVar
+from typing import Generic, TypeVar
 
 T = TypeVar("T")
 
@@ -38,5 +38,6 @@ class Registry(Generic[T]):
     def names(self) -> list[str]:
         return sorted(self._items)
 
-    def __contains__(self, name: Any) -> bool:
-        return name in self._items
+    def entries(self) -> list[T]:
+        """The registered objects in registration order."""
+        return list(self._items.values())

@@ -26,7 +26,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 from lpreg import pruning
-from lpreg.config import ROOT, register_configs
+from lpreg.config import ROOT, embedded_values, register_configs
 
 log = logging.getLogger("lpreg")
 register_configs()
@@ -110,6 +110,7 @@ def print_table(summary: dict) -> None:
 def main(cfg: DictConfig) -> float:
     import optuna
 
+    from lpreg.checkpoint import find_resume
     from lpreg.tracking import build_tracker, wandb_env
     from lpreg.trainer import train
 
@@ -124,47 +125,44 @@ def main(cfg: DictConfig) -> float:
             "num_threads": cfg_obj.trainer.num_threads,
             "overrides": list(hc.overrides.task), "job_dir": str(job_dir)}
     write_json(job_dir / "summary.json", base)
+    if cfg_obj.model.kind == "hf" and (still := embedded_values(cfg_obj)):
+        log.warning("model=hf with values sized for the embedded CPU testbed (use +experiment=... or set them):\n  %s",
+                    "\n  ".join(still))
     wandb_env(root)
-    resolved = OmegaConf.to_container(cfg, resolve=True)
-    holder: dict = {}
-
-    def make_tracker(run_id, resume_step):
-        holder["tracker"] = build_tracker(
-            cfg_obj.wandb, job_dir, resolved, wandb_group(cfg, root, multirun),
-            name=f"{reg}-s{cfg.seed}", job_type=reg, tags=[f"git:{base['git_revision']}", *cfg.wandb.tags],
-            run_id=run_id, resume_step=resume_step)
-        return holder["tracker"]
-
-    def on_eval(step: int, metrics: dict) -> None:
-        pruning.report(step, metrics, cfg.objective.metric)
-
     t0 = time.time()
+    tracker = None
+    summary = {**base, "status": "failed", "error": "interrupted"}  # what summary.json says if the job is stopped
     try:
-        out = train(cfg_obj, job_dir, make_tracker, on_eval=on_eval)
+        resume = find_resume(job_dir) if cfg.trainer.resume else None
+        if resume is not None:
+            log.info("resuming from %s (step %d)", resume.path, resume.state["step"])
+        # the tracker exists before the model and task load, so that a bad model or task is tracked too
+        tracker = build_tracker(cfg_obj.wandb, job_dir, OmegaConf.to_container(cfg, resolve=True),
+                                wandb_group(cfg, root, multirun), name=f"{reg}-s{cfg.seed}", job_type=reg,
+                                tags=[f"git:{base['git_revision']}", *cfg.wandb.tags],
+                                run_id=resume.state.get("wandb_run_id") if resume else None,
+                                resume_step=resume.state["step"] if resume else 0)
+        out = train(cfg_obj, job_dir, tracker, resume,
+                    on_eval=pruning.reporter(cfg_obj.sweep, root, cfg.objective.metric))
+        summary = {**base, **summarize(out["evals"], out["last"], cfg_obj), "status": "completed"}
+        tracker.summary({f"final/{k}": v for k, v in summary["final"].items()}
+                        | {f"best/{k}": v for k, v in summary["best"].items()}
+                        | {"final/policy/entropy": summary["last_train"].get("policy/entropy")})
     except optuna.TrialPruned as err:
-        write_json(job_dir / "summary.json", {**base, "status": "pruned", "error": str(err),
-                                               "wall_time_s": round(time.time() - t0, 2)})
-        if "tracker" in holder:
-            holder["tracker"].finish(exit_code=0)
+        summary = {**base, "status": "pruned", "error": str(err)}
         log.info("job %s pruned: %s", job_dir, err)
-        return math.nan
     except Exception as err:  # any failure is recorded (summary.json, W&B) before it propagates
-        write_json(job_dir / "summary.json", {**base, "status": "failed", "error": f"{type(err).__name__}: {err}",
-                                               "wall_time_s": round(time.time() - t0, 2)})
-        if "tracker" in holder:
-            holder["tracker"].finish(exit_code=1)
+        summary = {**base, "status": "failed", "error": f"{type(err).__name__}: {err}"}
         if not multirun:
             raise
         log.error("job %s failed:\n%s", job_dir, traceback.format_exc())
+    finally:
+        summary["wall_time_s"] = round(time.time() - t0, 2)
+        if tracker is not None:
+            tracker.finish(exit_code=0 if summary["status"] in ("completed", "pruned") else 1)
+        write_json(job_dir / "summary.json", summary)
+    if summary["status"] != "completed":
         return math.nan
-    summary = {**base, **summarize(out["evals"], out["last"], cfg_obj), "status": "completed",
-               "wall_time_s": round(time.time() - t0, 2)}
-    tracker = out["tracker"]
-    tracker.summary({f"final/{k}": v for k, v in summary["final"].items()}
-                    | {f"best/{k}": v for k, v in summary["best"].items()}
-                    | {"final/policy/entropy": summary["last_train"].get("policy/entropy")})
-    tracker.finish(exit_code=0)
-    write_json(job_dir / "summary.json", summary)
     print_table(summary)
     print(f"run folder: {job_dir}", flush=True)
     return summary["objective"]

@@ -9,6 +9,7 @@ Non-finite values are written as ``null``.
 
 W&B (``wandb.mode``: offline by default, online, disabled): one run per job, files inside the job folder,
 group = the multirun/study, job_type = regularizer, every series plotted against ``train/step``.
+``run.py`` builds the tracker and owns its lifetime (``finish`` in a ``finally``).
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ def _clean(v: Any) -> Any:
 
 
 class Tracker:
-    """Interface: every backend implements these; ``NullTracker`` is the do-nothing one."""
+    """Interface: every backend implements these (the base class itself does nothing)."""
 
     run_id: str | None = None
 
@@ -41,8 +42,6 @@ class Tracker:
 
     def finish(self, exit_code: int = 0) -> None: ...
 
-
-NullTracker = Tracker
 
 
 class LocalStore(Tracker):

@@ -17,7 +17,6 @@ log-probs are used).
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import math
 import random
@@ -32,8 +31,8 @@ from tqdm import tqdm
 from lpreg import checkpoint
 from lpreg.advantages import grpo_advantages
 from lpreg.eval import evaluate
-from lpreg.losses import LossInputs, approx_kl, get_loss, loss_needs
-from lpreg.losses.lpreg import rollout_threshold
+from lpreg.losses import REGULARIZERS, LossInputs, approx_kl
+from lpreg.losses.lpreg import rollout_delta
 from lpreg.metrics import masked_mean_value, mean_metrics, probability_histogram, token_entropy
 from lpreg.models import load_policy, load_pretrained
 from lpreg.proxy import proxy_log_prob, tail_mass
@@ -72,7 +71,7 @@ class Targets:
     proxy_log_prob: torch.Tensor | None  # [B, R]
     old_logits: torch.Tensor | None  # [B, R, V]
     sampled_prob: torch.Tensor  # [B, R] π_old(y)
-    lowprob_threshold: float | None = None
+    delta_log_prob: float | None = None
 
 
 class Timer:
@@ -116,7 +115,7 @@ def spark_ids(tokenizer, sparks: dict[str, list[str]], device) -> dict[str, torc
 
 @torch.no_grad()
 def compute_targets(model, gen: Generation, adv: torch.Tensor, temperature: float, needs: frozenset[str],
-                    reg_cfg: dict, mcfg, micro: int, sparks: dict[str, torch.Tensor]) -> tuple[Targets, dict[str, float]]:
+                    reg_cfg, mcfg, micro: int, sparks: dict[str, torch.Tensor]) -> tuple[Targets, dict[str, float]]:
     """π_old log-probs, policy metrics and the regularizer's extra targets from one forward pass."""
     was_training = model.training
     model.eval()
@@ -128,15 +127,15 @@ def compute_targets(model, gen: Generation, adv: torch.Tensor, temperature: floa
         ent.append(token_entropy(logits))
         tail.append(tail_mass(logits, mcfg.tail_kappa))
         if "proxy" in needs:
-            proxy.append(proxy_log_prob(logits, gen.response_ids[rows], reg_cfg["kappa"], reg_cfg.get("mode", "minp")))
+            proxy.append(proxy_log_prob(logits, gen.response_ids[rows], reg_cfg.kappa, reg_cfg.mode))
         if "old_logits" in needs:
             old_logits.append(logits)
     model.train(was_training)
     old_lp = torch.cat(old_lp)  # [B, R]
     p = old_lp.exp()
     targets = Targets(old_lp, torch.cat(proxy) if proxy else None, torch.cat(old_logits) if old_logits else None, p)
-    if "lowprob_threshold" in needs:
-        targets.lowprob_threshold = rollout_threshold(old_lp, adv, mask, reg_cfg)
+    if "delta" in needs:
+        targets.delta_log_prob = rollout_delta(old_lp, adv, mask, reg_cfg)
     metrics = {
         "policy/entropy": masked_mean_value(torch.cat(ent), mask),
         "policy/tail_mass": masked_mean_value(torch.cat(tail), mask),
@@ -167,7 +166,7 @@ def update(model, opt, gen: Generation, adv, tg: Targets, loss_fn, reg_cfg, need
                 entropy=token_entropy(logits) if "entropy" in needs else None,
                 logits=logits if "logits" in needs else None,
                 old_logits=tg.old_logits[rows] if tg.old_logits is not None else None,
-                lowprob_threshold=tg.lowprob_threshold,
+                delta_log_prob=tg.delta_log_prob,
             )
             loss, m = loss_fn(inp, reg_cfg)
             (loss * (rows.stop - rows.start) / size).backward()
@@ -212,8 +211,8 @@ def validate(cfg) -> None:
         raise ValueError("rollout.temperature must be > 0 for RL rollouts")
 
 
-def train(cfg, job_dir: Path, make_tracker, on_eval=None) -> dict:
-    """Run ``cfg.trainer.steps`` RL steps; ``make_tracker(run_id, resume_step)`` builds the tracker;
+def train(cfg, job_dir: Path, tracker, resume: checkpoint.Resume | None = None, on_eval=None) -> dict:
+    """Run ``cfg.trainer.steps`` RL steps, logging to ``tracker``; continue from ``resume`` if given;
     ``on_eval(step, eval_metrics)`` is called after each held-out evaluation (the sweeper's pruning hook).
 
     Returns a dict with the eval history and the last metrics (``run.py`` turns it into ``summary.json``).
@@ -223,17 +222,14 @@ def train(cfg, job_dir: Path, make_tracker, on_eval=None) -> dict:
         torch.set_num_threads(cfg.trainer.num_threads)
     torch.manual_seed(cfg.seed)
     device = resolve_device(cfg.trainer.device)
-    start, state = 0, {}
-    ckpt = checkpoint.latest(job_dir) if cfg.trainer.resume else None
-    if ckpt is not None:
-        state = checkpoint.load_state(ckpt)
-        start = state["step"]
-        log.info("resuming from %s (step %d)", ckpt, start)
-    tracker = make_tracker(state.get("wandb_run_id"), start)  # first, so that a bad model or task is tracked too
+    state = resume.state if resume else {}
+    start = state.get("step", 0)
     task = build_task(cfg.task)
-    model, tokenizer, model_path = load_policy(cfg.model, task) if ckpt is None else (*load_pretrained(ckpt), str(ckpt))
-    reg_cfg = dataclasses.asdict(cfg.regularizer)  # losses take a plain mapping (lpreg.losses docstring)
-    loss_fn, needs = get_loss(reg_cfg["name"]), loss_needs(reg_cfg["name"], reg_cfg)
+    model, tokenizer, model_path = load_policy(cfg.model, task) if resume is None else (
+        *load_pretrained(resume.path), str(resume.path))
+    reg_cfg = cfg.regularizer
+    reg = REGULARIZERS.get(reg_cfg.name)
+    loss_fn, needs = reg.loss, reg.needs(reg_cfg)
     sampler = PromptSampler(len(task.train_problems()), cfg.seed)
     model.to(device)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.trainer.lr, weight_decay=cfg.trainer.weight_decay,
@@ -259,7 +255,7 @@ def train(cfg, job_dir: Path, make_tracker, on_eval=None) -> dict:
     if start == 0 and cfg.eval.at_start:
         tracker.log(run_eval(0), step=0)
 
-    bar = tqdm(range(start + 1, cfg.trainer.steps + 1), desc=f"{reg_cfg['name']} s{cfg.seed}", unit="step",
+    bar = tqdm(range(start + 1, cfg.trainer.steps + 1), desc=f"{reg_cfg.name} s{cfg.seed}", unit="step",
                initial=start, total=cfg.trainer.steps, dynamic_ncols=True)
     for step in bar:
         timer, t0 = Timer(), time.perf_counter()
@@ -312,4 +308,4 @@ def train(cfg, job_dir: Path, make_tracker, on_eval=None) -> dict:
         bar.set_postfix(reward=f"{metrics['train/reward_mean']:.2f}", entropy=f"{metrics['policy/entropy']:.3f}",
                         eval=f"{evals[-1]['eval/mean']:.3f}" if evals else "-")
     bar.close()
-    return {"evals": evals, "last": last, "tracker": tracker, "model_path": model_path}
+    return {"evals": evals, "last": last}

@@ -1,16 +1,29 @@
-"""Config tier: every group option composes, registries equal config groups, typos fail at composition."""
+"""Config tier: every group option composes, registries equal config groups, one source of values, typos fail."""
 
+import dataclasses
 import subprocess
 import sys
 
 import pytest
+import yaml
 from conftest import ROOT, compose_cfg
 from hydra.errors import ConfigCompositionException
+from omegaconf import MISSING
 
-from lpreg.config import REGULARIZER_SCHEMAS, options
-from lpreg.losses import LOSSES
+from lpreg.config import GROUPS, Config, register_configs
+from lpreg.losses import REGULARIZERS
 from lpreg.rollout import ROLLOUTS
 from lpreg.tasks import TASKS
+
+
+def options(group: str) -> list[str]:
+    """The options Hydra offers for ``group`` (ConfigStore and any YAML file under conf/<group>/)."""
+    from hydra import initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    register_configs()
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        return sorted(GlobalHydra.instance().config_loader().get_group_options(group))
 
 
 @pytest.mark.parametrize("group", ["model", "task", "rollout", "regularizer"])
@@ -21,16 +34,68 @@ def test_every_group_option_composes(group):
         node = getattr(cfg, group)
         assert node is not None
         if group == "regularizer":
-            assert node.name == option
+            assert node.name == option and isinstance(node, REGULARIZERS.get(option).config)
 
 
 def test_registries_mirror_config_groups():
     from lpreg.rollout import hf, vllm  # noqa: F401
     from lpreg.tasks import arithmetic, math  # noqa: F401
 
-    assert LOSSES.names() == options("regularizer") == sorted(REGULARIZER_SCHEMAS)
+    assert REGULARIZERS.names() == options("regularizer")
     assert TASKS.names() == options("task")
     assert ROLLOUTS.names() == options("rollout")
+    assert not [o for g in ("model", "task", "rollout", "regularizer") for o in options(g) if o.startswith("schema")]
+
+
+def _schema_fields(schema) -> dict[str, dataclasses.Field]:
+    return {f.name: f for f in dataclasses.fields(schema)}
+
+
+def _default(f: dataclasses.Field):
+    if f.default is not dataclasses.MISSING:
+        return f.default
+    if f.default_factory is not dataclasses.MISSING:
+        return f.default_factory()
+    return MISSING
+
+
+def _walk(node, schema, path, found):
+    """(key path, value, schema field) for every leaf of a YAML mapping checked against a dataclass schema."""
+    fields = _schema_fields(schema)
+    for key, value in node.items():
+        assert key in fields, f"{path}{key} has no schema field in {schema.__name__}"
+        f = fields[key]
+        if isinstance(value, dict) and dataclasses.is_dataclass(_default(f)):
+            _walk(value, type(_default(f)), f"{path}{key}.", found)
+        else:
+            found.append((f"{path}{key}", value, f))
+
+
+def yaml_values(path) -> list[tuple[str, object, dataclasses.Field]]:
+    """Leaves of a config YAML (without ``defaults``/``hydra``) with their schema fields; fails on an unknown key."""
+    data = yaml.safe_load(path.read_text()) or {}
+    data = {k: v for k, v in data.items() if k not in ("defaults", "hydra")}
+    found: list = []
+    groups = {"regularizer": {r.name: r.config for r in REGULARIZERS.entries()}}
+    for key, value in data.items():
+        if key in ("model", "task", "rollout", "regularizer") and isinstance(value, dict):
+            schemas = groups.get(key) or {s.__name__: s for s in GROUPS[key]}
+            ok = [s for s in schemas.values() if set(value) <= set(_schema_fields(s))]
+            assert ok, f"{path.name}: {key}.{sorted(value)} fits no {key} option"
+            _walk(value, ok[0], f"{key}.", found)
+        else:
+            _walk({key: value}, Config, "", found)
+    return found
+
+
+def test_each_value_is_stated_once_and_every_yaml_key_has_a_schema_field():
+    config_yaml = ROOT / "conf" / "config.yaml"
+    restated = [(k, v) for k, v, f in yaml_values(config_yaml) if _default(f) is not MISSING]
+    assert not restated, f"conf/config.yaml restates dataclass defaults: {restated}"
+    for path in sorted((ROOT / "conf").rglob("*.yaml")):
+        yaml_values(path)  # every key of an experiment file is a schema field
+    for reg in REGULARIZERS.entries():  # each regularizer's values live in its schema, with a default for each
+        assert all(_default(f) is not MISSING for f in dataclasses.fields(reg.config)), reg.name
 
 
 def test_user_facing_overrides_and_types():
@@ -40,7 +105,7 @@ def test_user_facing_overrides_and_types():
 
 
 @pytest.mark.parametrize("bad", ["trainer.stepz=3", "trainer.steps=abc", "regularizer.kappa=0.1",
-                                 "regularizer=nope"])
+                                 "regularizer=nope", "regularizer=schema_lpreg"])
 def test_typos_and_wrong_types_fail_at_composition(bad):
     with pytest.raises(ConfigCompositionException):
         compose_cfg([bad])
@@ -51,6 +116,15 @@ def test_cli_rejects_a_typo_with_hydras_message(tmp_path):
                           capture_output=True, text=True, env={"PYTHONPATH": str(ROOT), "PATH": ""}, timeout=120)
     assert proc.returncode != 0 and "stepz" in proc.stderr
     assert not (tmp_path / "outputs").exists() or not any((tmp_path / "outputs").rglob("summary.json"))
+
+
+def test_embedded_values_are_listed_for_a_real_model():
+    from lpreg.config import embedded_values
+
+    still = embedded_values(compose_cfg(["model=hf", "model.path=/x", "regularizer=lpreg"]))
+    assert any(s.startswith("trainer.lr=0.0003") for s in still) and any(s.startswith("regularizer.rho=") for s in still)
+    changed = compose_cfg(["model=hf", "model.path=/x", "regularizer=lpreg", "trainer.lr=1e-6", "regularizer.rho=0.01"])
+    assert not [s for s in embedded_values(changed) if s.startswith(("trainer.lr=", "regularizer.rho="))]
 
 
 def test_sweeps_compose():

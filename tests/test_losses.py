@@ -1,15 +1,26 @@
 """Spec §7 test vectors (TV1-TV8) and properties of every policy loss."""
 
 import math
+from dataclasses import replace
 
 import pytest
 import torch
 
-from lpreg.losses import LOSSES, LossInputs, aggregate, get_loss, k3, masked_mean
+from lpreg.losses import REGULARIZERS, LossInputs, aggregate, fraction_count, k3, masked_mean, select_extreme
+from lpreg.losses.cov import ClipCovConfig, KLCovConfig
+from lpreg.losses.lpreg import LpRegConfig
+from lpreg.losses.ppo import ClipHigherConfig, EntropyConfig, GSPOConfig, HighEntConfig, NoneConfig
 from lpreg.proxy import FILTERED, proxy_distribution, proxy_log_prob, tail_mass
 
-LPREG = {"name": "lpreg", "kappa": 0.02, "mode": "minp", "rho": 0.5, "beta": 1.0, "clip_low": 1.0,
-         "clip_high": 9.0, "scope": "minibatch", "rho_pos": 0.0, "divergence": "k3"}
+LPREG = LpRegConfig(rho=0.5)  # the spec's toy ρ of TV5; every other value is the regularizer's default
+
+
+def lpreg(**changes) -> LpRegConfig:
+    return replace(LPREG, **changes)
+
+
+def get_loss(name):
+    return REGULARIZERS.get(name).loss
 
 
 def logits_of(probs, width=None):
@@ -94,7 +105,7 @@ def test_tv2_k3_value_and_gradient(p_theta, value, grad):
 def test_tv2_noise_token_gets_only_the_pg_term():
     # both negative tokens selected (k = 2); token 1 is filtered noise (proxy ~ -1e4): no regularizer
     inp = inputs([[math.log(0.04), math.log(0.01)]], [-0.5], proxy=[[math.log(PROXY_Y), FILTERED]])
-    loss, m = get_loss("lpreg")(inp, {**LPREG, "rho": 1.0})
+    loss, m = get_loss("lpreg")(inp, lpreg(rho=1.0))
     loss.backward()
     assert m["lpreg/candidates"] == 2 and m["lpreg/regularized"] == 1
     assert math.isclose(inp.log_prob.grad[0, 1].item(), 0.5 / 2, rel_tol=1e-6)  # plain PG: |A| r / N
@@ -122,7 +133,7 @@ def test_forward_kl_divergence_switch_uses_full_distributions():
     proxy = proxy_log_prob(logits.detach(), torch.tensor([[3, 3]]), 0.02).double()
     inp = LossInputs(lp, old, torch.full((1, 2), -0.5, dtype=torch.float64), torch.ones(1, 2, dtype=torch.float64),
                      proxy_log_prob=proxy, logits=logits, old_logits=logits.detach())
-    loss, m = get_loss("lpreg")(inp, {**LPREG, "rho": 1.0, "divergence": "forward_kl"})
+    loss, m = get_loss("lpreg")(inp, lpreg(rho=1.0, divergence="forward_kl"))
     assert m["lpreg/regularized"] == 2
     # on-policy: each kept token adds -ln Z = 0.0100503; pg part is |A| = 0.5 per token
     assert math.isclose(loss.item(), 0.5 + 0.0100503, rel_tol=1e-5)
@@ -161,20 +172,20 @@ def test_tv5_value_gradient_and_metrics():
     assert math.isclose(inp.log_prob.grad[1, 3].item(), 0.0625, rel_tol=1e-6)  # noise: plain PG
     assert m["lpreg/candidates"] == 2 and m["lpreg/regularized"] == 1 and m["lpreg/reg_ratio"] == 0.5
     assert math.isclose(m["lpreg/delta"], 0.05, rel_tol=1e-6)
-    assert math.isclose(m["lpreg/k3_mean"], 0.0268564, rel_tol=1e-5)
+    assert math.isclose(m["lpreg/div_mean"], 0.0268564, rel_tol=1e-5)
     assert math.isclose(m["lpreg/proxy_ratio_mean"], 1.25, rel_tol=1e-5)
 
 
 def test_tv5_without_regularizer_is_plain_pg():
     inp = tv5_inputs()
-    loss, _ = get_loss("lpreg")(inp, {**LPREG, "beta": 0.0, "rho": 0.0})
+    loss, _ = get_loss("lpreg")(inp, lpreg(beta=0.0, rho=0.0))
     loss.backward()
     assert math.isclose(inp.log_prob.grad[1, 1].item(), 0.0625, rel_tol=1e-6)
 
 
 def test_strict_mask_drops_a_candidate_equal_to_its_proxy():
     inp = inputs([[math.log(0.04), math.log(0.05)]], [-0.5], proxy=[[math.log(0.04), math.log(0.06)]])
-    _, m = get_loss("lpreg")(inp, {**LPREG, "rho": 1.0})
+    _, m = get_loss("lpreg")(inp, lpreg(rho=1.0))
     assert m["lpreg/candidates"] == 2 and m["lpreg/regularized"] == 1
 
 
@@ -184,7 +195,7 @@ def test_regularized_tokens_use_the_unclipped_ratio():
     lp = [[math.log(0.02), math.log(0.02)], [math.log(0.5), math.log(0.5)]]
     old = [[math.log(0.001), math.log(0.001)], [math.log(0.025), math.log(0.025)]]
     inp = inputs(lp, [-0.5, 1.0], old=old, proxy=[[math.log(0.9)] * 2, lp[1]])
-    loss, m = get_loss("lpreg")(inp, {**LPREG, "rho": 1.0})
+    loss, m = get_loss("lpreg")(inp, lpreg(rho=1.0))
     k3v = k3(torch.tensor(math.log(0.9 / 0.02))).item()
     expected = (2 * (0.5 * 20 + k3v) + 2 * (-1.0 * 10)) / 4
     assert m["lpreg/regularized"] == 2 and math.isclose(loss.item(), expected, rel_tol=1e-6)
@@ -198,23 +209,23 @@ def test_tv6_minimum_count(n_neg, expected):
     g = torch.Generator().manual_seed(0)
     lp = -torch.rand(1, n_neg, generator=g, dtype=torch.float64) * 5
     inp = inputs(lp, [-1.0], proxy=torch.zeros(1, n_neg))
-    _, m = get_loss("lpreg")(inp, {**LPREG, "rho": 0.01})
+    _, m = get_loss("lpreg")(inp, lpreg(rho=0.01))
     assert m["lpreg/candidates"] == expected
 
 
 def test_positive_selection_is_off_by_default_and_switchable():
     lp = torch.log(torch.tensor([[0.01, 0.02, 0.5, 0.6]], dtype=torch.float64))
     proxy = torch.zeros(1, 4, dtype=torch.float64)
-    _, m_off = get_loss("lpreg")(inputs(lp, [1.0], proxy=proxy), {**LPREG, "rho": 1.0})
-    _, m_on = get_loss("lpreg")(inputs(lp, [1.0], proxy=proxy), {**LPREG, "rho": 1.0, "rho_pos": 0.5})
+    _, m_off = get_loss("lpreg")(inputs(lp, [1.0], proxy=proxy), lpreg(rho=1.0))
+    _, m_on = get_loss("lpreg")(inputs(lp, [1.0], proxy=proxy), lpreg(rho=1.0, rho_pos=0.5))
     assert m_off["lpreg/candidates"] == 0 and m_on["lpreg/candidates"] == 2 and m_on["lpreg/regularized"] == 2
 
 
 def test_batch_scope_uses_the_given_threshold():
     lp = torch.log(torch.tensor([[0.01, 0.02, 0.03, 0.5]], dtype=torch.float64))
     proxy = torch.zeros(1, 4, dtype=torch.float64)
-    inp = inputs(lp, [-1.0], proxy=proxy, lowprob_threshold=math.log(0.025))
-    _, m = get_loss("lpreg")(inp, {**LPREG, "scope": "batch"})
+    inp = inputs(lp, [-1.0], proxy=proxy, delta_log_prob=math.log(0.025))
+    _, m = get_loss("lpreg")(inp, lpreg(scope="batch"))
     assert m["lpreg/candidates"] == 2 and math.isclose(m["lpreg/delta"], 0.02, rel_tol=1e-6)
 
 
@@ -223,7 +234,7 @@ def test_nan_free_with_filtered_and_extreme_tokens():
     lp = -torch.rand(4, 50, generator=g, dtype=torch.float64) * 300  # down to p = e^-300
     proxy = torch.where(torch.rand(4, 50, generator=g) < 0.5, torch.full_like(lp, FILTERED), lp + 50)
     inp = inputs(lp, [-1.0, -0.5, 1.0, 0.0], proxy=proxy)
-    loss, m = get_loss("lpreg")(inp, {**LPREG, "rho": 1.0})
+    loss, m = get_loss("lpreg")(inp, lpreg(rho=1.0))
     loss.backward()
     assert torch.isfinite(loss) and torch.isfinite(inp.log_prob.grad).all() and m["lpreg/regularized"] > 0
 
@@ -265,7 +276,7 @@ def test_vectorized_lpreg_matches_slow_loop(seed):
     mask = (torch.rand(B, T, generator=g) > 0.2).double()
     proxy = torch.where(torch.rand(B, T, generator=g) < 0.3, torch.full_like(lp, FILTERED),
                         lp + torch.randn(B, T, generator=g, dtype=torch.float64))
-    cfg = {**LPREG, "rho": 0.3, "beta": 0.7}
+    cfg = lpreg(rho=0.3, beta=0.7)
 
     lp1 = lp.clone().requires_grad_(True)
     fast, _ = get_loss("lpreg")(LossInputs(lp1, old, adv, mask, proxy_log_prob=proxy), cfg)
@@ -286,7 +297,7 @@ COV_LP = [-0.1, -2.0, -0.5, -0.2, -3.0, -1.0]
 def test_tv7_kl_cov_selects_the_top_covariance_token():
     lp = torch.tensor([COV_LP], dtype=torch.float64)
     inp = inputs(lp, torch.tensor([COV_A], dtype=torch.float64), old=lp - 0.1)
-    loss, m = get_loss("kl_cov")(inp, {"name": "kl_cov", "k_percent": 0.2, "kl_coef": 1.0})
+    loss, m = get_loss("kl_cov")(inp, KLCovConfig(k_percent=0.2))
     r = math.exp(0.1)
     assert math.isclose(loss.item(), (0.1 + r * 0) / 6, abs_tol=1e-8)  # sum(-A r) = 0, plus |log r| = 0.1
     loss.backward()
@@ -298,13 +309,13 @@ def test_tv7_kl_cov_selects_the_top_covariance_token():
 
 def test_tv7_kl_cov_on_policy_adds_nothing():
     inp = inputs([COV_LP], torch.tensor([COV_A], dtype=torch.float64))
-    loss, _ = get_loss("kl_cov")(inp, {"name": "kl_cov", "k_percent": 0.2, "kl_coef": 1.0})
+    loss, _ = get_loss("kl_cov")(inp, KLCovConfig(k_percent=0.2))
     loss.backward()
     assert abs(loss.item()) < 1e-12 and math.isclose(inp.log_prob.grad[0, 4].item(), 1 / 6, rel_tol=1e-6)
 
 
 def test_tv8_clip_cov_zeroes_one_token_in_the_covariance_band():
-    cfg = {"name": "clip_cov", "clip_ratio": 0.0002, "cov_lb": 1.0, "cov_ub": 5.0, "clip_low": 1.0, "clip_high": 1.0}
+    cfg = ClipCovConfig()
     chosen = set()
     for seed in range(20):
         torch.manual_seed(seed)
@@ -323,21 +334,22 @@ def test_tv8_clip_cov_zeroes_one_token_in_the_covariance_band():
 def test_ppo_clip_none_and_clip_higher():
     lp = torch.log(torch.tensor([[0.5, 0.5]], dtype=torch.float64))
     old = torch.log(torch.tensor([[0.25, 0.25]], dtype=torch.float64))  # r = 2
-    for name, hi in [("none", 0.2), ("clip_higher", 0.28)]:
+    for name, cfg in [("none", NoneConfig()), ("clip_higher", ClipHigherConfig())]:
+        hi = cfg.clip_high
         inp = inputs(lp, [1.0], old=old)
-        loss, m = get_loss(name)(inp, {"name": name, "clip_low": 0.2, "clip_high": hi})
+        loss, m = get_loss(name)(inp, cfg)
         assert math.isclose(loss.item(), -(1 + hi), rel_tol=1e-6) and m["policy/clipfrac"] == pytest.approx(1.0)
         loss.backward()
         assert (inp.log_prob.grad == 0).all()  # clipped: no gradient
     inp = inputs(lp, [-1.0], old=old)  # A < 0: max(-A r, -A clip(r)) = r = 2, unclipped
-    loss, m = get_loss("none")(inp, {"name": "none", "clip_low": 0.2, "clip_high": 0.2})
+    loss, m = get_loss("none")(inp, NoneConfig())
     assert math.isclose(loss.item(), 2.0, rel_tol=1e-6) and m["policy/clipfrac"] == 0.0
 
 
 def test_entropy_bonus_subtracts_coef_times_token_mean_entropy():
     ent = torch.tensor([[1.0, 3.0, 100.0]], dtype=torch.float64, requires_grad=True)
     inp = inputs([[-1.0, -1.0, -1.0]], [0.0], mask=[[1, 1, 0]], entropy=ent)
-    loss, m = get_loss("entropy")(inp, {"name": "entropy", "clip_low": 0.2, "clip_high": 0.2, "entropy_coef": 0.002})
+    loss, m = get_loss("entropy")(inp, EntropyConfig())
     assert math.isclose(loss.item(), -0.002 * 2.0, rel_tol=1e-6) and math.isclose(m["loss/reg"], -0.004, rel_tol=1e-6)
     loss.backward()
     assert ent.grad[0, 2] == 0 and math.isclose(ent.grad[0, 0].item(), -0.001, rel_tol=1e-6)
@@ -346,8 +358,7 @@ def test_entropy_bonus_subtracts_coef_times_token_mean_entropy():
 def test_highent_8020_keeps_only_the_top_entropy_tokens():
     ent = torch.tensor([[0.1, 0.9, 0.5, 0.2, 0.3, 0.8, 0.4, 0.05, 0.6, 0.7]], dtype=torch.float64)
     inp = inputs(torch.full((1, 10), -1.0), [-1.0], entropy=ent)
-    loss, m = get_loss("highent_8020")(inp, {"name": "highent_8020", "top_frac": 0.2, "clip_low": 0.2,
-                                            "clip_high": 0.2})
+    loss, m = get_loss("highent_8020")(inp, HighEntConfig())
     loss.backward()
     assert torch.nonzero(inp.log_prob.grad[0]).flatten().tolist() == [1, 5]  # entropies 0.9 and 0.8
     assert math.isclose(inp.log_prob.grad[0, 1].item(), 0.5, rel_tol=1e-6) and math.isclose(loss.item(), 1.0, rel_tol=1e-6)
@@ -359,8 +370,7 @@ def test_gspo_uses_the_sequence_ratio_and_seq_mean_token_mean():
     old = lp - torch.tensor([[0.0, 0.0, 0.0], [0.2, 0.4, 0.0]], dtype=torch.float64)
     mask = [[1, 1, 1], [1, 1, 0]]
     inp = inputs(lp, [1.0, 1.0], old=old, mask=mask)
-    loss, m = get_loss("gspo")(inp, {"name": "gspo", "clip_low": 3e-4, "clip_high": 4e-4,
-                                     "loss_agg": "seq-mean-token-mean"})
+    loss, m = get_loss("gspo")(inp, GSPOConfig())
     # seq 0: s = 1 -> loss -1 per token; seq 1: s = e^0.3, clipped at 1 + 4e-4
     assert math.isclose(loss.item(), (-1.0 + -(1 + 4e-4)) / 2, rel_tol=1e-6)
     assert m["policy/clipfrac"] == pytest.approx(2 / 5)
@@ -388,13 +398,21 @@ def test_every_loss_returns_pg_and_reg_parts_and_a_finite_scalar():
     inp = LossInputs(lp, lp.detach() - 0.05, torch.randn(B, generator=g, dtype=torch.float64)[:, None].expand(B, T),
                      torch.ones(B, T, dtype=torch.float64), proxy_log_prob=proxy_log_prob(logits.detach(), tokens, 0.02),
                      entropy=ent, logits=logits, old_logits=logits.detach())
-    from pathlib import Path
-
-    import yaml
-
-    for name in LOSSES.names():
-        cfg = yaml.safe_load((Path(__file__).parents[1] / "conf" / "regularizer" / f"{name}.yaml").read_text())
-        loss, m = get_loss(name)(inp, cfg)
+    for reg in REGULARIZERS.entries():
+        name = reg.name
+        loss, m = reg.loss(inp, reg.config())
         assert loss.dim() == 0 and torch.isfinite(loss), name
         assert {"loss/pg", "loss/reg", "policy/clipfrac"} <= set(m), name
         assert math.isclose(m["loss/pg"] + m["loss/reg"], loss.item(), rel_tol=1e-6, abs_tol=1e-9), name
+
+
+def test_selection_helper_tie_rule_and_count_rule():
+    """The one selection helper (Lp-Reg, 80/20, KL-Cov, Clip-Cov): ties go to the lower flat index; never
+    outside the pool; k = max(1, floor(x·n))."""
+    v = torch.tensor([[0.3, 0.1, 0.1, 0.5], [0.1, 0.9, 0.9, 0.2]])
+    pool = torch.tensor([[True, True, True, True], [True, True, True, False]])
+    assert select_extreme(v, pool, 2).tolist() == [[False, True, True, False], [False] * 4]
+    assert select_extreme(v, pool, 3).tolist() == [[False, True, True, False], [True, False, False, False]]
+    assert select_extreme(v, pool, 1, largest=True).tolist() == [[False] * 4, [False, True, False, False]]
+    assert select_extreme(v, pool, 10).sum() == 7  # at most the pool
+    assert [fraction_count(x, n) for x, n in [(0.01, 150), (0.01, 250), (0.2, 4), (0.5, 4), (0.0, 9)]] == [1, 2, 1, 2, 1]

@@ -77,27 +77,27 @@ def test_two_workers_share_one_sqlite_study(tmp_path):
     assert len(list((tmp_path / "sw").glob("trial_*"))) == 4
 
 
-def test_pruning_hook_raises_for_a_trial_the_pruner_stops():
+def test_pruning_reporter_reports_through_the_storage(tmp_path):
+    from omegaconf import OmegaConf
+
     from lpreg import pruning
 
-    class Trial:
-        reported = []
-
-        def report(self, value, step):
-            self.reported.append((step, value))
-
-        def should_prune(self):
-            return True
-
-    pruning.CURRENT = Trial()
-    try:
-        pruning.report(0, {"eval/mean": 0.1}, "eval/mean")  # the initial evaluation is not reported
-        with pytest.raises(optuna.TrialPruned):
-            pruning.report(5, {"eval/mean": 0.2}, "eval/mean")
-        assert Trial.reported == [(5, 0.2)]
-    finally:
-        pruning.CURRENT = None
-    pruning.report(5, {"eval/mean": 0.2}, "eval/mean")  # no trial: nothing happens
+    sweep = OmegaConf.create({"name": "s", "storage": None, "pruner": "median", "seeds": [0], "trial": None})
+    study = optuna.create_study(study_name="s", storage=pruning.storage_url(sweep, tmp_path), direction="maximize",
+                                pruner=pruning.make_pruner("median"))
+    for _ in range(5):  # the median pruner starts after 5 complete trials
+        t = study.ask()
+        t.report(0.9, 5)
+        study.tell(t, 0.9)
+    trial = study.ask()
+    assert pruning.reporter(sweep, tmp_path, "eval/mean") is None  # not a trial job
+    sweep.trial = trial.number
+    report = pruning.reporter(sweep, tmp_path, "eval/mean")
+    report(0, {"eval/mean": 0.0})  # the initial evaluation is not reported
+    with pytest.raises(optuna.TrialPruned):
+        report(5, {"eval/mean": 0.1})
+    assert optuna.load_study(study_name="s", storage=pruning.storage_url(sweep, tmp_path)).trials[-1].intermediate_values \
+        == {5: 0.1}
 
 
 def test_pruned_trials_are_recorded_as_pruned(tmp_path):

@@ -14,6 +14,16 @@ def read_jsonl(path):
     return [json.loads(line) for line in path.read_text().splitlines()]
 
 
+def run_train(cfg, job_dir, resume=False):
+    """``lpreg.trainer.train`` as ``run.py`` calls it: local store only, resuming from the job folder if asked."""
+    from lpreg.checkpoint import find_resume
+    from lpreg.tracking import LocalStore
+    from lpreg.trainer import train
+
+    point = find_resume(job_dir) if resume else None
+    return train(cfg, job_dir, LocalStore(job_dir, point.state["step"] if point else 0), point)
+
+
 @pytest.fixture(scope="module")
 def smoke_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("smoke")
@@ -50,22 +60,20 @@ def test_smoke_run_logs_every_metric_name_with_finite_loss(smoke_run):
 def test_parameters_change_and_resume_continues_at_the_right_step(tmp_path):
     from lpreg.models import load_pretrained, tiny_policy_path
     from lpreg.tasks import build_task
-    from lpreg.tracking import LocalStore
-    from lpreg.trainer import train
 
     cfg = compose_cfg([*FAST, "trainer.steps=2", "eval.at_start=false"])
-    train(cfg, tmp_path, lambda run_id, step: LocalStore(tmp_path, step))
+    run_train(cfg, tmp_path)
     start, _ = load_pretrained(tiny_policy_path(cfg.model, build_task(cfg.task)))
     after, _ = load_pretrained(tmp_path / "checkpoints" / "step_000002")
     assert any(not torch.equal(a, b) for a, b in zip(start.parameters(), after.parameters()))
 
     cfg4 = compose_cfg([*FAST, "trainer.steps=4", "eval.at_start=false", "trainer.resume=true"])
-    train(cfg4, tmp_path, lambda run_id, step: LocalStore(tmp_path, step))
+    run_train(cfg4, tmp_path, resume=True)
     assert [r["step"] for r in read_jsonl(tmp_path / "metrics.jsonl")] == [1, 2, 3, 4]
 
     fresh = tmp_path / "fresh"
     cfg4b = compose_cfg([*FAST, "trainer.steps=4", "eval.at_start=false"])
-    train(cfg4b, fresh, lambda run_id, step: LocalStore(fresh, step))
+    run_train(cfg4b, fresh)
     drop = ("timing/", "perf/")
     resumed = [{k: v for k, v in r.items() if not k.startswith(drop)} for r in read_jsonl(tmp_path / "metrics.jsonl")]
     straight = [{k: v for k, v in r.items() if not k.startswith(drop)} for r in read_jsonl(fresh / "metrics.jsonl")]
@@ -73,25 +81,20 @@ def test_parameters_change_and_resume_continues_at_the_right_step(tmp_path):
 
 
 def test_same_seed_same_config_gives_identical_metrics_files(tmp_path):
-    from lpreg.tracking import LocalStore
-    from lpreg.trainer import train
-
     files = []
     for name in ("a", "b"):
         d = tmp_path / name
-        train(compose_cfg([*FAST, "trainer.steps=3", "regularizer=entropy"]), d, lambda r, s, d=d: LocalStore(d, s))
+        run_train(compose_cfg([*FAST, "trainer.steps=3", "regularizer=entropy"]), d)
         files.append((d / "metrics.jsonl").read_bytes())
     assert files[0] == files[1]
     d = tmp_path / "c"
-    train(compose_cfg([*FAST, "trainer.steps=3", "regularizer=entropy", "seed=1"]), d, lambda r, s: LocalStore(d, s))
+    run_train(compose_cfg([*FAST, "trainer.steps=3", "regularizer=entropy", "seed=1"]), d)
     assert (d / "metrics.jsonl").read_bytes() != files[0]
 
 
 @pytest.mark.parametrize("reg", ["lpreg", "none"])
 def test_lpreg_adds_no_forward_pass_on_policy(tmp_path, reg):
     import lpreg.trainer as T
-    from lpreg.tracking import LocalStore
-    from lpreg.trainer import train
 
     calls = {"n": 0}
     real = T.forward_logits
@@ -104,7 +107,7 @@ def test_lpreg_adds_no_forward_pass_on_policy(tmp_path, reg):
     try:
         cfg = compose_cfg([*FAST, "trainer.steps=1", "trainer.mini_batches=1", "eval.at_start=false",
                            "eval.every=0", f"regularizer={reg}"])
-        train(cfg, tmp_path, lambda r, s: LocalStore(tmp_path, s))
+        run_train(cfg, tmp_path)
     finally:
         T.forward_logits = real
     assert calls["n"] == 2  # one no-grad pass (old log-probs, metrics, proxy) + one training pass
@@ -119,21 +122,19 @@ def test_bad_config_value_fails_clearly_and_records_failure(tmp_path):
 
 def test_nonfinite_gradient_skips_the_step(tmp_path, monkeypatch):
     import lpreg.trainer as T
-    from lpreg.tracking import LocalStore
 
     monkeypatch.setattr(T.torch.nn.utils, "clip_grad_norm_", lambda *a, **k: torch.tensor(float("nan")))
     cfg = compose_cfg([*FAST, "trainer.steps=1", "eval.at_start=false", "eval.every=0"])
-    T.train(cfg, tmp_path, lambda r, s: LocalStore(tmp_path, s))
+    run_train(cfg, tmp_path)
     row = read_jsonl(tmp_path / "metrics.jsonl")[-1]
     assert row["optim/skipped"] == 2.0 and row["optim/grad_norm"] is None
 
 
 def test_a_diverged_run_fails(tmp_path, monkeypatch):
     import lpreg.trainer as T
-    from lpreg.tracking import LocalStore
 
     monkeypatch.setattr(T.torch.nn.utils, "clip_grad_norm_", lambda *a, **k: torch.tensor(float("nan")))
     cfg = compose_cfg([*FAST, "trainer.steps=5", "trainer.max_bad_steps=2", "eval.at_start=false", "eval.every=0"])
     with pytest.raises(FloatingPointError, match="diverged"):
-        T.train(cfg, tmp_path, lambda r, s: LocalStore(tmp_path, s))
+        run_train(cfg, tmp_path)
     assert [r["step"] for r in read_jsonl(tmp_path / "metrics.jsonl")] == [1, 2]

@@ -10,8 +10,9 @@ composition keep working. The study is described by the job config's ``sweep`` n
 - Several workers may start at once on one study: creation races are retried (SQLite with a busy timeout).
 - Each trial runs one job per ``sweep.seeds`` entry and is told the mean of their objectives (``summary.json``).
   A job that failed or returned NaN makes the trial FAIL; the study goes on.
-- Pruning (``sweep.pruner: median | hyperband``) on intermediate held-out accuracy works where jobs run in this
-  process (the basic launcher) with one seed per trial; elsewhere it is off, with a warning.
+- Pruning (``sweep.pruner: median | hyperband``) on intermediate held-out accuracy, with one seed per trial: each job
+  is told its trial number (``sweep.trial``) and reports through the storage (``lpreg/pruning.py``), so it works with
+  every launcher.
 - At the end: ``best.json``, ``trials.csv``, ``study.json`` and Optuna's plots (``analysis/figures.plot_sweep``).
 """
 
@@ -59,9 +60,10 @@ def open_study(sweep: DictConfig, storage_url: str, retries: int = 20):
     import optuna
     from sqlalchemy.exc import IntegrityError, OperationalError
 
+    from lpreg.pruning import make_pruner
+
     kwargs = {"engine_kwargs": {"connect_args": {"timeout": 60}}} if storage_url.startswith("sqlite") else {}
-    pruner = {"none": optuna.pruners.NopPruner(), "median": optuna.pruners.MedianPruner(n_warmup_steps=0),
-              "hyperband": optuna.pruners.HyperbandPruner()}[sweep.pruner]
+    pruner = make_pruner(sweep.pruner)
     for attempt in range(retries):
         try:
             storage = optuna.storages.RDBStorage(storage_url, **kwargs)
@@ -86,7 +88,7 @@ class LpregOptunaSweeper(Sweeper):
 
     def sweep(self, arguments: list[str]) -> Any:
 
-        from lpreg import pruning
+        from lpreg.pruning import storage_url
 
         cfg = self.config
         sweep = cfg.get("sweep")
@@ -94,13 +96,11 @@ class LpregOptunaSweeper(Sweeper):
             raise ValueError("hydra/sweeper=lpreg_optuna needs a study: add +sweep=<name> (files in sweeps/)")
         sweep_dir = Path(cfg.hydra.sweep.dir)
         sweep_dir.mkdir(parents=True, exist_ok=True)
-        storage = sweep.storage or f"sqlite:///{(sweep_dir / f'{sweep.name}.db').resolve()}"
+        storage = storage_url(sweep, sweep_dir)
         study = open_study(sweep, storage)
         (sweep_dir / "study.json").write_text(json.dumps({"storage": storage, "study_name": sweep.name}))
-        in_process = type(self.launcher).__name__ == "BasicLauncher"
-        prune = sweep.pruner != "none" and in_process and len(sweep.seeds) == 1
-        if sweep.pruner != "none" and not prune:
-            log.warning("pruning needs the basic launcher and one seed per trial: it is off for this sweep")
+        if sweep.pruner != "none" and len(sweep.seeds) != 1:
+            log.warning("pruning needs one seed per trial: it is off for this sweep")
         fixed = [a for a in arguments if "=" in a]
         for start in range(0, sweep.n_trials, sweep.batch_size):
             trials = [study.ask() for _ in range(min(sweep.batch_size, sweep.n_trials - start))]
@@ -108,13 +108,9 @@ class LpregOptunaSweeper(Sweeper):
             for t in trials:
                 params = [f"{k}={suggest(t, k, dict(v))}" for k, v in sweep.params.items()]
                 for seed in sweep.seeds:
-                    jobs.append((t, seed, [*fixed, *params, f"seed={seed}",
-                                           f"hydra.sweep.subdir=trial_{t.number:04d}_s{seed}"]))
-            pruning.CURRENT = trials[0] if prune and len(trials) == 1 else None
-            try:
-                self.launcher.launch([j[2] for j in jobs], initial_job_idx=trials[0].number * len(sweep.seeds))
-            finally:
-                pruning.CURRENT = None
+                    jobs.append([*fixed, *params, f"seed={seed}", f"sweep.trial={t.number}",
+                                 f"hydra.sweep.subdir=trial_{t.number:04d}_s{seed}"])
+            self.launcher.launch(jobs, initial_job_idx=trials[0].number * len(sweep.seeds))
             for t in trials:
                 self._tell(study, t, [sweep_dir / f"trial_{t.number:04d}_s{s}" for s in sweep.seeds])
         self._report(study, sweep_dir)
@@ -150,9 +146,6 @@ class LpregOptunaSweeper(Sweeper):
         (sweep_dir / "best.json").write_text(json.dumps(best, indent=1))
         print(f"\nstudy {study.study_name}: {json.dumps(best)}", flush=True)
         if done:
-            import sys
-
-            sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
             from analysis.figures import plot_sweep
 
             storage = json.loads((sweep_dir / "study.json").read_text())["storage"]

@@ -1,19 +1,23 @@
-"""Policy losses: pure functions ``(LossInputs, cfg) -> (loss, metrics)``, one per ``conf/regularizer`` option.
+"""Policy losses and the regularizer registry: one entry per ``regularizer=`` option.
 
-``cfg`` is the regularizer's config node: any mapping with the keys of ``conf/regularizer/<name>.yaml``.
+A regularizer is one registry entry (``Regularizer``): its typed config schema (a dataclass whose defaults are the
+option's values, each with its provenance), its loss (a pure function ``(LossInputs, cfg) -> (loss, metrics)``),
+the extra per-token targets it needs from the trainer (``needs``), and its display label and color (figures read
+them from here). ``lpreg/config.py`` registers every entry as a Hydra option of the ``regularizer`` group, so the
+entry is the only place a regularizer is named.
+
 Every loss returns a 0-d tensor and a dict of floats holding at least ``loss/pg``, ``loss/reg`` (their sum is the
 loss) and ``policy/clipfrac``. Shapes: ``[B, T]`` = responses × response positions, ``V`` = vocabulary.
-
-Each registry entry also says which extra targets the trainer must provide (``needs``): ``proxy``
-(π_proxy at the sampled token, from π_old), ``entropy`` (per-token entropy with gradient), ``logits``
-(current temperature-scaled logits with gradient), ``old_logits`` (π_old's temperature-scaled logits),
-``lowprob_threshold`` (a selection threshold fixed over the rollout, Lp-Reg ``scope: batch``).
+Extra targets a loss may declare in ``needs``: ``proxy`` (π_proxy at the sampled token, from π_old), ``entropy``
+(per-token entropy with gradient), ``logits`` (current temperature-scaled logits with gradient), ``old_logits``
+(π_old's temperature-scaled logits), ``delta`` (Lp-Reg ``scope: batch``: a log-probability threshold fixed over the
+rollout).
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -34,37 +38,48 @@ class LossInputs:
     entropy: torch.Tensor | None = None  # [B, T] full-vocabulary entropy at T, with gradient
     logits: torch.Tensor | None = None  # [B, T, V] current logits at T, with gradient
     old_logits: torch.Tensor | None = None  # [B, T, V] π_old logits at T, detached
-    lowprob_threshold: float | None = None  # log-prob δ fixed over the rollout (Lp-Reg ``scope: batch``)
+    delta_log_prob: float | None = None  # log-prob δ fixed over the rollout (Lp-Reg ``scope: batch``)
 
 
-LossFn = Callable[[LossInputs, Mapping[str, Any]], tuple[torch.Tensor, dict[str, float]]]
+LossFn = Callable[[LossInputs, Any], tuple[torch.Tensor, dict[str, float]]]
+
+
+@dataclass
+class RegularizerConfig:
+    """Fields every regularizer has. ``name`` is the option name; ``loss_agg`` how per-token losses are reduced."""
+
+    name: str
+    loss_agg: str = "token-mean"  # token-mean | seq-mean-token-mean | seq-mean-token-sum (verl loss_agg_mode)
+
+
+@dataclass
+class PPOClipConfig(RegularizerConfig):
+    clip_low: float = 0.2  # ε_low (verl default; Entropy-Mechanism 7b_baseline.sh)
+    clip_high: float = 0.2  # ε_high (same)
 
 
 @dataclass(frozen=True)
-class LossSpec:
-    fn: LossFn
-    needs: Callable[[Mapping[str, Any]], frozenset[str]]
+class Regularizer:
+    name: str
+    config: type  # the typed config schema: a dataclass whose defaults are the option's values
+    loss: LossFn
+    label: str  # display name in figures and tables
+    color: str  # line color in figures
+    needs: Callable[[Any], frozenset[str]] = lambda cfg: frozenset()  # extra targets under a config
 
 
-LOSSES: Registry[LossSpec] = Registry("regularizer")
+REGULARIZERS: Registry[Regularizer] = Registry("regularizer")
 
 
-def register_loss(name: str, needs: Callable[[Mapping[str, Any]], frozenset[str]] = lambda cfg: frozenset()):
+def register(name: str, config: type, label: str, color: str,
+             needs: Callable[[Any], frozenset[str]] = lambda cfg: frozenset()) -> Callable[[LossFn], LossFn]:
+    """Decorator: register ``fn`` as the loss of regularizer ``name`` with its schema, label and color."""
+
     def deco(fn: LossFn) -> LossFn:
-        LOSSES.register(name)(LossSpec(fn, needs))
+        REGULARIZERS.register(name)(Regularizer(name, config, fn, label, color, needs))
         return fn
 
     return deco
-
-
-def get_loss(name: str) -> LossFn:
-    """The loss function registered as ``name`` (a ``conf/regularizer`` option)."""
-    return LOSSES.get(name).fn
-
-
-def loss_needs(name: str, cfg: Mapping[str, Any]) -> frozenset[str]:
-    """Extra targets (see the module docstring) that loss ``name`` needs under ``cfg``."""
-    return LOSSES.get(name).needs(cfg)
 
 
 # ---- shared pieces ----------------------------------------------------------------------------------------
@@ -89,10 +104,10 @@ AGGREGATIONS = {"token-mean": masked_mean, "seq-mean-token-mean": _seq_mean_toke
                 "seq-mean-token-sum": _seq_mean_token_sum}
 
 
-def aggregate(x: torch.Tensor, mask: torch.Tensor, mode: str = "token-mean") -> torch.Tensor:
-    """Reduce a per-token loss ``[B, T]`` to a scalar: token-mean (default), seq-mean-token-mean/-sum."""
+def aggregate(x: torch.Tensor, mask: torch.Tensor, mode: str) -> torch.Tensor:
+    """Reduce a per-token loss ``[B, T]`` to a scalar: token-mean, seq-mean-token-mean or seq-mean-token-sum."""
     if mode not in AGGREGATIONS:
-        raise KeyError(f"unknown loss aggregation {mode!r}; valid: {', '.join(AGGREGATIONS)}")
+        raise KeyError(f"unknown loss aggregation {mode!r} (regularizer.loss_agg); valid: {', '.join(AGGREGATIONS)}")
     return AGGREGATIONS[mode](x, mask)
 
 
@@ -123,18 +138,27 @@ def approx_kl(log_prob: torch.Tensor, old_log_prob: torch.Tensor, mask: torch.Te
     return masked_mean(k3(old_log_prob.detach() - log_prob.detach(), bound=math.inf), mask).item()
 
 
-def select_lowest(values: torch.Tensor, candidates: torch.Tensor, k: int) -> torch.Tensor:
-    """Boolean mask of the ``k`` smallest ``values`` among ``candidates`` (ties: lower flat index first)."""
-    flat = values.detach().masked_fill(~candidates, math.inf).flatten()
-    order = torch.sort(flat, stable=True).indices[:k]
+def fraction_count(fraction: float, n: int) -> int:
+    """k = max(1, floor(fraction·n)): the count rule of Lp-Reg (ρ), 80/20, KL-Cov and Clip-Cov (spec §1.4, §3)."""
+    return max(1, math.floor(fraction * n))
+
+
+def select_extreme(values: torch.Tensor, pool: torch.Tensor, k: int, largest: bool = False) -> torch.Tensor:
+    """Boolean mask of the ``k`` smallest (or largest) ``values`` among ``pool`` (same shape).
+
+    Values are detached. Ties: the lower flat index first (a stable sort), the rule the spec's vectors assume.
+    """
+    fill = -math.inf if largest else math.inf
+    flat = values.detach().masked_fill(~pool, fill).flatten()
+    order = torch.sort(flat, descending=largest, stable=True).indices[:k]
     out = torch.zeros_like(flat, dtype=torch.bool)
     out[order] = True
-    return out.view_as(values)
+    return out.view_as(values) & pool
 
 
 def pg_metrics(pg: torch.Tensor, reg: torch.Tensor, clipfrac: torch.Tensor) -> dict[str, float]:
     return {"loss/pg": pg.item(), "loss/reg": reg.item(), "policy/clipfrac": clipfrac.item()}
 
 
-# Import for the registration side effect: one module per family.
-from lpreg.losses import cov, lpreg, ppo  # noqa: F401
+# Import for the registration side effect: one module per family. The order is the figures' legend order.
+from lpreg.losses import lpreg, ppo, cov  # noqa: E402, F401, I001

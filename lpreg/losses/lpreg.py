@@ -10,12 +10,13 @@ Per token (to be minimized), with r = π_θ(y)/π_old(y) and ρ_p = π_proxy(y)/
 
 Reg: among the negative-advantage tokens N of the loss call (one mini-batch), k = max(1, floor(ρ|N|)); only if
 k > 1, the k tokens with the smallest current π_θ(y) (ties: lower flat index first); of those, keep a token only
-if π_θ(y) < π_proxy(y) strictly (drops filtered "noise", whose proxy is ~e^-1e4). Aggregation: token-mean.
+if π_θ(y) < π_proxy(y) strictly (drops filtered "noise", whose proxy is ~e^-1e4). Aggregation: ``loss_agg``
+(token-mean, the reference's).
 
 Switches beyond the reference (each off by default):
-- ``scope: batch``: the candidates are the negative tokens with π_θ(y) <= δ, where δ (``LossInputs.lowprob_threshold``)
-  is fixed per rollout by the trainer as the k-th smallest π_old(y) over all negative tokens of the rollout
-  (same k rule). On-policy it equals ``minibatch`` over the whole rollout; it makes selection independent of
+- ``scope: batch``: the candidates are the negative tokens with π_θ(y) <= δ, where δ (``LossInputs.delta_log_prob``)
+  is fixed per rollout by ``rollout_delta`` as the k-th smallest π_old(y) over all negative tokens of the rollout
+  (same k rule). On-policy it equals ``micro_batch`` over the whole rollout; it makes selection independent of
   how the rollout is cut into mini-batches.
 - ``rho_pos > 0``: the same selection and regularizer on positive-advantage tokens (the reference's
   ``logp_pos_k_percent``).
@@ -29,25 +30,53 @@ filtered tokens (proxy ≈ −1e4) cannot produce NaN gradients.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 
-from lpreg.losses import LossInputs, k3, masked_mean, pg_metrics, ppo_clip, ratio, register_loss, select_lowest
+from lpreg.config import embedded
+from lpreg.losses import (
+    LossInputs,
+    PPOClipConfig,
+    aggregate,
+    fraction_count,
+    k3,
+    masked_mean,
+    pg_metrics,
+    ppo_clip,
+    ratio,
+    register,
+    select_extreme,
+)
 from lpreg.proxy import proxy_distribution
 
 
-def _needs(cfg) -> frozenset[str]:
+@dataclass
+class LpRegConfig(PPOClipConfig):
+    name: str = "lpreg"
+    kappa: float = 0.02  # min-p κ relative to the max probability (recipe minp_p_threshold=0.02)
+    mode: str = "minp"  # minp | fixed (fixed: kappa is an absolute τ; paper ablation)
+    # ρ: fraction of negative-advantage tokens selected, k = max(1, floor(ρ·|N|)), and only when k > 1.
+    # Paper/recipe: 0.01 (Qwen3-14B) or 0.005 (Qwen2.5-32B), with ~10^5-10^6 negative tokens per micro-batch.
+    # An embedded mini-batch (128 responses, ~450 response tokens, ~170 negative) gets k = floor(0.01·|N|) <= 1
+    # at 0.01, i.e. no regularization at all. Measured at 0.05 on the embedded default: 3.5-13.5 candidates
+    # (mean 8.4) and 2-10.5 regularized tokens (mean 5.4) per mini-batch. Use 0.01 at real scale.
+    rho: float = embedded(0.05, "0.01 (Qwen3-14B) / 0.005 (Qwen2.5-32B)")
+    beta: float = 1.0  # ppo_kl_coef
+    clip_low: float = 1.0  # ratio range [0, 10] (recipe clip_ratio_low=1.0)
+    clip_high: float = 9.0  # (recipe clip_ratio_high=9.0)
+    scope: str = "micro_batch"  # micro_batch (reference) | batch (δ fixed over the whole rollout)
+    rho_pos: float = 0.0  # also regularize positive tokens (recipe logp_pos_k_percent=0: off)
+    divergence: str = "k3"  # k3 (reference code) | forward_kl (paper Eq. 6, full-vocabulary KL(π_proxy‖π_θ))
+
+
+def _needs(cfg: LpRegConfig) -> frozenset[str]:
     needs = {"proxy"}
-    if cfg.get("divergence", "k3") == "forward_kl":
+    if cfg.divergence == "forward_kl":
         needs |= {"logits", "old_logits"}
-    if cfg.get("scope", "minibatch") == "batch":
-        needs.add("lowprob_threshold")
+    if cfg.scope == "batch":
+        needs.add("delta")
     return frozenset(needs)
-
-
-def selection_count(n: int, rho: float) -> int:
-    """k = max(1, floor(ρ·n)); selection happens only when k > 1 (spec §1.4 step 4)."""
-    return max(1, math.floor(rho * n))
 
 
 def forward_kl(logits: torch.Tensor, old_logits: torch.Tensor, kappa: float, mode: str) -> torch.Tensor:
@@ -58,39 +87,39 @@ def forward_kl(logits: torch.Tensor, old_logits: torch.Tensor, kappa: float, mod
     return (proxy * (log_q - log_p)).sum(-1)
 
 
-def _candidates(lp: torch.Tensor, pool: torch.Tensor, rho: float, threshold: float | None) -> torch.Tensor:
+def _candidates(lp: torch.Tensor, pool: torch.Tensor, rho: float, delta: float | None) -> torch.Tensor:
     """Selected low-probability tokens among ``pool`` ``[B, T]``."""
-    if threshold is not None:  # scope: batch, δ fixed over the rollout
-        return pool & (lp <= threshold)
-    k = selection_count(int(pool.sum()), rho)
+    if delta is not None:  # scope: batch, δ fixed over the rollout
+        return pool & (lp <= delta)
+    k = fraction_count(rho, int(pool.sum()))
     if k <= 1:
         return torch.zeros_like(pool)
-    return select_lowest(lp, pool, k)
+    return select_extreme(lp, pool, k)
 
 
-@register_loss("lpreg", needs=_needs)
-def lpreg_loss(inp: LossInputs, cfg):
+@register("lpreg", LpRegConfig, label="Lp-Reg", color="#1f77b4", needs=_needs)
+def lpreg_loss(inp: LossInputs, cfg: LpRegConfig):
     """Lp-Reg loss (module docstring): PPO [0, 10] everywhere, −A r + β·D on the regularized tokens."""
     mask, adv = inp.response_mask, inp.advantages
     valid = mask > 0
     lp = inp.log_prob.detach()  # [B, T]
     r = ratio(inp.log_prob, inp.old_log_prob)  # [B, T]
-    pg_t, clipped = ppo_clip(r, adv, cfg["clip_low"], cfg["clip_high"])  # [B, T]
+    pg_t, clipped = ppo_clip(r, adv, cfg.clip_low, cfg.clip_high)  # [B, T]
 
-    threshold = inp.lowprob_threshold if cfg.get("scope", "minibatch") == "batch" else None
-    cand = _candidates(lp, valid & (adv < 0), cfg["rho"], threshold)
-    if cfg.get("rho_pos", 0.0) > 0:
-        cand = cand | _candidates(lp, valid & (adv > 0), cfg["rho_pos"], None)
+    delta = inp.delta_log_prob if cfg.scope == "batch" else None
+    cand = _candidates(lp, valid & (adv < 0), cfg.rho, delta)
+    if cfg.rho_pos > 0:
+        cand = cand | _candidates(lp, valid & (adv > 0), cfg.rho_pos, None)
     reg = cand & (lp < inp.proxy_log_prob)  # [B, T] strict: filtered noise never passes
 
     log_rho = inp.proxy_log_prob[reg] - inp.log_prob[reg]  # [n_reg], only at regularized tokens
-    if cfg.get("divergence", "k3") == "forward_kl":
-        div = forward_kl(inp.logits[reg], inp.old_logits[reg], cfg["kappa"], cfg.get("mode", "minp"))
+    if cfg.divergence == "forward_kl":
+        div = forward_kl(inp.logits[reg], inp.old_logits[reg], cfg.kappa, cfg.mode)
     else:
         div = k3(log_rho)
     pg_t = torch.where(reg, -adv * r, pg_t)  # unclipped on regularized tokens
-    reg_t = torch.zeros_like(pg_t).masked_scatter(reg, cfg["beta"] * div)  # [B, T]
-    pg, reg_loss = masked_mean(pg_t, mask), masked_mean(reg_t, mask)
+    reg_t = torch.zeros_like(pg_t).masked_scatter(reg, cfg.beta * div)  # [B, T]
+    pg, reg_loss = aggregate(pg_t, mask, cfg.loss_agg), aggregate(reg_t, mask, cfg.loss_agg)
 
     n_cand, n_reg = int(cand.sum()), int(reg.sum())
     metrics = pg_metrics(pg, reg_loss, masked_mean((clipped & ~reg).to(pg_t.dtype), mask))
@@ -99,17 +128,17 @@ def lpreg_loss(inp: LossInputs, cfg):
         "lpreg/regularized": float(n_reg),
         "lpreg/reg_ratio": n_reg / n_cand if n_cand else math.nan,
         "lpreg/delta": lp[cand].max().exp().item() if n_cand else math.nan,
-        "lpreg/k3_mean": div.mean().item() if n_reg else math.nan,
+        "lpreg/div_mean": div.mean().item() if n_reg else math.nan,
         "lpreg/proxy_ratio_mean": log_rho.detach().clamp(max=20).exp().mean().item() if n_reg else math.nan,
         "lpreg/noise_frac": float((cand & (inp.proxy_log_prob < -1e3)).sum()) / n_cand if n_cand else math.nan,
     })
     return pg + reg_loss, metrics
 
 
-def rollout_threshold(old_log_prob: torch.Tensor, adv: torch.Tensor, mask: torch.Tensor, cfg) -> float:
+def rollout_delta(old_log_prob: torch.Tensor, adv: torch.Tensor, mask: torch.Tensor, cfg: LpRegConfig) -> float:
     """δ for ``scope: batch``: the k-th smallest log π_old(y) over the rollout's negative tokens (−inf if k <= 1)."""
     pool = (mask > 0) & (adv < 0)
-    k = selection_count(int(pool.sum()), cfg["rho"])
+    k = fraction_count(cfg.rho, int(pool.sum()))
     if k <= 1:
         return -math.inf
     return old_log_prob[pool].sort().values[k - 1].item()
