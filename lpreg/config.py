@@ -15,6 +15,8 @@ from typing import Any
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, OmegaConf
 
+from lpreg.data import MATH_DATA, MATH_EVAL_SETS
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -61,8 +63,10 @@ class ArithmeticTaskConfig:
 @dataclass
 class MathTaskConfig:
     name: str = "math"
-    train_file: str = MISSING
-    eval_files: list[str] = field(default_factory=list)
+    # Shipped data (lpreg/data/math/README.md: provenance, licenses, sha256); ``pkg://`` = inside the installed
+    # package, any other value a file path. ``python -m lpreg.data prepare`` downloads the full training set.
+    train_file: str = f"{MATH_DATA}/dapo_math_train_2000.jsonl"  # 2,000-problem DAPO-Math-17k sample
+    eval_files: list[str] = field(default_factory=lambda: [f"{MATH_DATA}/{s}.jsonl" for s in MATH_EVAL_SETS])
     max_train: int = 0  # 0 = all
     max_eval: int = 0  # per eval file; 0 = all
     sampled_sources: list[str] = field(default_factory=lambda: ["aime24", "aime25"])
