@@ -22,6 +22,8 @@ from typing import Any
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, OmegaConf
 
+from lpreg.data import MATH_DATA, MATH_EVAL_SETS
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -77,17 +79,15 @@ class ArithmeticTaskConfig:
     max_response_len: int = 4
 
 
-MATH_DATA = "${oc.env:LPREG_MATH_DATA,'../shared/data/math'}"
-
-
 @dataclass
 class MathTaskConfig:
     """The paper's setting: DAPO-Math training prompts, five benchmarks, math-verify grading of boxed answers."""
 
     name: str = "math"
-    train_file: str = f"{MATH_DATA}/dapo_math_train_2000.jsonl"
-    eval_files: list[str] = field(default_factory=lambda: [
-        f"{MATH_DATA}/{name}.jsonl" for name in ("aime24", "aime25", "math500", "minerva", "olympiadbench")])
+    # Shipped data (lpreg/data/math/README.md: provenance, licenses, sha256); ``pkg://`` = inside the installed
+    # package, any other value a file path. ``python -m lpreg.data prepare`` downloads the full training set.
+    train_file: str = f"{MATH_DATA}/dapo_math_train_2000.jsonl"  # 2,000-problem DAPO-Math-17k sample
+    eval_files: list[str] = field(default_factory=lambda: [f"{MATH_DATA}/{s}.jsonl" for s in MATH_EVAL_SETS])
     max_train: int = 0  # 0 = all
     max_eval: int = 0  # per eval file; 0 = all
     sampled_sources: list[str] = field(default_factory=lambda: ["aime24", "aime25"])  # avg@16 at T=0.6 (paper §5.1.3)

@@ -69,13 +69,7 @@ def test_math_grading():
     assert grade(r"\boxed{4}", "3") == 0.0
 
 
-def test_math_task_reads_the_shared_data():
-    import pytest
-    from conftest import ROOT
-
-    data = ROOT.parent / "shared" / "data" / "math"
-    if not data.exists():
-        pytest.skip("shared math data not present")
+def test_math_task_reads_the_shipped_data():
     cfg = compose_cfg(["task=math", "task.max_eval=3", "task.max_train=5"])
     task = build_task(cfg.task)
     sets = {s.source: s for s in task.eval_sets()}

@@ -1,22 +1,26 @@
 """Math word problems from JSONL files (the paper's setting): boxed answers graded with math-verify.
 
-Rows need ``problem`` and ``answer`` (``data_source`` optional; see ``../shared/data/math/README.md`` for the
-files the paper evaluates on). Prompts use the R1-Zero template of the reference code. Grading follows spec §6 in
-spirit: the answer is the content of the **last** ``\\boxed{...}`` (brace-balanced); no box scores 0; otherwise the
-answer is correct if it equals the reference after whitespace normalization or if ``math_verify.verify`` says the
-two parse to equal expressions. The extraction is our own ~15 lines rather than math-verify's extractor because the
-reference only counts the last box (math-verify would also accept unboxed answers). The reference's
-Hendrycks/sympy cascade (prime_math) is not reproduced; math-verify is its last fallback and covers the same
-equivalences in our tests. Evaluation protocol per source: ``task.sampled_sources`` (AIME in the paper) are scored
-avg@k at T=0.6; the rest greedily.
+Rows need ``problem`` and ``answer`` (``data_source`` optional). The paper's five benchmarks and a 2,000-problem
+DAPO-Math-17k sample ship in ``lpreg/data/math/`` (provenance, licenses and checksums in its README);
+``python -m lpreg.data prepare`` downloads the full sets. Prompts use the R1-Zero template of the reference code.
+Grading follows spec §6 in spirit: the answer is the content of the **last** ``\\boxed{...}`` (brace-balanced); no
+box scores 0; otherwise both sides go through ``normalize_answer`` and the answer is correct if it equals the
+reference after whitespace normalization or if ``math_verify.verify`` says the two parse to equal expressions; an
+empty answer or an empty reference scores 0. The extraction is our own ~15 lines rather than math-verify's
+extractor because the reference only counts the last box (math-verify would also accept unboxed answers). The
+reference's Hendrycks/sympy cascade (prime_math) is not reproduced; math-verify is its last fallback and covers the
+same equivalences in our tests. Evaluation protocol per source: ``task.sampled_sources`` (AIME in the paper) are
+scored avg@k at T=0.6; the rest greedily.
 """
 
 from __future__ import annotations
 
 import json
 import random
+import re
 from pathlib import Path
 
+from lpreg.data import resolve_path
 from lpreg.tasks import TASKS, EvalSet, Problem, Task
 
 TEMPLATE = (
@@ -39,15 +43,73 @@ def last_boxed(text: str) -> str | None:
     return None
 
 
-def grade(response: str, answer: str) -> float:
-    """1.0 if the last boxed answer of ``response`` equals ``answer`` (string or math-verify equality)."""
-    from math_verify import parse, verify
+# A whole answer in e-notation (Minerva writes ``4.5e33``, ``1.77e-6``); LaTeX and math-verify read ``e`` as Euler's e.
+_E_NOTATION = re.compile(r"([+-]?(?:\d+\.?\d*|\.\d+))[eE]([+-]?\d+)")
+# A number literal with a bare trailing point (Minerva's ``-1./3``), which math-verify reads as a truncated number.
+_BARE_POINT = re.compile(r"(\d)\.(?!\d)")
+# Python/NumPy function names in a reference (Minerva's ``np.arcsin(10/13)``) -> the LaTeX command.
+_NUMPY_FN = re.compile(r"\bnp\.(arcsin|arccos|arctan|sinh|cosh|tanh|sin|cos|tan|exp|log)\b")
+# Punctuation that ends a sentence rather than an answer (OlympiadBench's ``(-\infty, 0) \cup\{1\}.``).
+_TRAILING_PUNCT = re.compile(r"(?:\s|[.;:]|\\[,;!]|\\quad)+$")
+# A ``$`` that is not the escaped dollar sign ``\$`` of MATH-500 answers.
+_BARE_DOLLAR = re.compile(r"(?<!\\)\$")
+# Subscripts math-verify cannot parse or spells two ways: ``m_{\max }``, ``\lambda_{\text {red}}``, ``E_1`` vs ``E_{1}``.
+_SUBSCRIPT_COMMAND = re.compile(r"_\{\s*\\(?:text\s*\{([^{}]*)\}|(max|min))\s*\}")
+_BARE_SUBSCRIPT = re.compile(r"_([A-Za-z0-9])")
+# A variable glued to a half-open interval (OlympiadBench's ``t(0,4]``), which math-verify cannot parse.
+_VAR_INTERVAL = re.compile(r"([A-Za-z])\s*(\([^()\[\]]*\]|\[[^()\[\]]*\))")
+# ``9 i`` parses to a different symbol i than ``9i`` in math-verify 0.9, so ``9 i + 6`` != ``6+9i``.
+_SPACED_I = re.compile(r"(\d)\s+i(?![A-Za-z])")
+# Primes written with apostrophes (``y'``) parse as nothing; the references write ``y^{\prime}``.
+_PRIME = re.compile(r"(?<=[A-Za-z}])('+)")
 
+
+def normalize_answer(answer: str) -> str:
+    """An answer rewritten so that math-verify reads the notation of the benchmarks the way they mean it.
+
+    Found by grading every shipped gold answer against equivalent forms of itself (``scripts/gold_sweep.py``):
+    whole-answer e-notation ``4.5e33`` -> ``4.5 \\times 10^{33}``; ``np.arcsin`` -> ``\\arcsin``; a bare trailing
+    point after a digit (``-1./3``) dropped; stray ``$`` (a source artifact, ``...+$ $\\dot{x}_0 ...``) removed;
+    sentence punctuation, LaTeX spacing and whitespace at the end removed; subscripts ``_{\\max}``,
+    ``_{\\text{red}}``, ``_1`` -> ``_{max}``, ``_{red}``, ``_{1}``; ``t(0,4]`` -> ``t \\in (0,4]``; ``9 i`` -> ``9i``;
+    ``y'`` -> ``y^{\\prime}``. Idempotent; applied to references when they are loaded and to both sides in ``grade``.
+    """
+    text = _BARE_DOLLAR.sub(" ", answer).strip()
+    text = _TRAILING_PUNCT.sub("", text)
+    match = _E_NOTATION.fullmatch(text)
+    if match:
+        text = f"{match.group(1)} \\times 10^{{{int(match.group(2))}}}"
+    text = _NUMPY_FN.sub(r"\\\1", text)
+    text = _BARE_POINT.sub(r"\1", text)
+    text = _SUBSCRIPT_COMMAND.sub(lambda m: f"_{{{(m.group(1) or m.group(2)).strip()}}}", text)
+    text = _BARE_SUBSCRIPT.sub(r"_{\1}", text)
+    match = _VAR_INTERVAL.fullmatch(text)
+    if match:
+        text = f"{match.group(1)} \\in {match.group(2)}"
+    text = _SPACED_I.sub(r"\1i", text)
+    return _PRIME.sub(lambda m: "^{" + "\\prime" * len(m.group(1)) + "}", text)
+
+
+def grade(response: str, answer: str) -> float:
+    """1.0 if the last boxed answer of ``response`` equals ``answer`` (string or math-verify equality), else 0.0.
+
+    Both sides are normalized (``normalize_answer``); an empty answer or an empty reference never scores.
+    """
     pred = last_boxed(response)
     if pred is None:
         return 0.0
-    gold = last_boxed(answer) or answer
-    if "".join(pred.split()) == "".join(gold.split()):
+    gold = last_boxed(answer)
+    return answers_match(normalize_answer(pred), normalize_answer(answer if gold is None else gold))
+
+
+def answers_match(pred: str, gold: str) -> float:
+    """1.0 if ``pred`` equals ``gold`` after removing whitespace or by ``math_verify.verify``; empty sides score 0."""
+    from math_verify import parse, verify
+
+    pred_key, gold_key = "".join(pred.split()), "".join(gold.split())
+    if not pred_key or not gold_key:
+        return 0.0
+    if pred_key == gold_key:
         return 1.0
     try:
         return float(verify(parse(f"${gold}$"), parse(f"${pred}$")))
@@ -56,10 +118,15 @@ def grade(response: str, answer: str) -> float:
 
 
 def read_jsonl(path: str | Path, source: str | None = None) -> list[Problem]:
-    """Problems from a JSONL file; a clear error names the file and line of a bad row."""
-    path = Path(path)
+    """Problems from a JSONL file (a path or ``pkg://...``), gold answers normalized (``normalize_answer``).
+
+    A clear error names the file and line of a bad row; a row whose answer is empty is an error.
+    """
+    path = resolve_path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"task data file {str(path)!r} does not exist; set task.train_file / task.eval_files")
+        raise FileNotFoundError(
+            f"task data file {str(path)!r} does not exist; set task.train_file / task.eval_files to existing JSONL "
+            "files, or download the full data with `python -m lpreg.data prepare --out DIR` (pip install 'lpreg[data]')")
     problems = []
     with path.open() as fh:
         for n, line in enumerate(fh, 1):
@@ -67,12 +134,13 @@ def read_jsonl(path: str | Path, source: str | None = None) -> list[Problem]:
                 continue
             try:
                 row = json.loads(line)
-                problems.append(
-                    Problem(TEMPLATE.format(problem=row["problem"]), str(row["answer"]),
-                            source or row.get("data_source", path.stem))
-                )
+                answer = normalize_answer(str(row["answer"]))
+                problems.append(Problem(TEMPLATE.format(problem=row["problem"]), answer,
+                                        source or row.get("data_source", path.stem)))
             except (json.JSONDecodeError, KeyError, TypeError) as err:
                 raise ValueError(f"{path}:{n}: not a JSON object with 'problem' and 'answer' ({err})") from err
+            if not answer:
+                raise ValueError(f"{path}:{n}: empty 'answer' (no response could be graded correct); fix or drop the row")
     if not problems:
         raise ValueError(f"task data file {path} holds no problems")
     return problems
