@@ -35,7 +35,7 @@ from lpreg.eval import evaluate
 from lpreg.losses import LossInputs, approx_kl, get_loss, loss_needs
 from lpreg.losses.lpreg import rollout_threshold
 from lpreg.metrics import masked_mean_value, mean_metrics, probability_histogram, token_entropy
-from lpreg.models import load_policy, load_pretrained
+from lpreg.models import load_policy
 from lpreg.proxy import proxy_log_prob, tail_mass
 from lpreg.rollout import Generation, build_rollout
 from lpreg.tasks import build_task
@@ -59,10 +59,10 @@ class PromptSampler:
         return out
 
     def state(self) -> dict:
-        return {"rng": self.rng.getstate(), "order": list(self.order)}
+        return {"rng": checkpoint.random_state_to_plain(self.rng.getstate()), "order": list(self.order)}
 
     def load(self, state: dict) -> None:
-        self.rng.setstate(state["rng"])
+        self.rng.setstate(checkpoint.random_state_from_plain(state["rng"]))
         self.order = list(state["order"])
 
 
@@ -231,7 +231,8 @@ def train(cfg, job_dir: Path, make_tracker, on_eval=None) -> dict:
         log.info("resuming from %s (step %d)", ckpt, start)
     tracker = make_tracker(state.get("wandb_run_id"), start)  # first, so that a bad model or task is tracked too
     task = build_task(cfg.task)
-    model, tokenizer, model_path = load_policy(cfg.model, task) if ckpt is None else (*load_pretrained(ckpt), str(ckpt))
+    model, tokenizer, model_path = (load_policy(cfg.model, task) if ckpt is None
+                                    else (*checkpoint.load_model(ckpt), str(ckpt)))
     reg_cfg = dataclasses.asdict(cfg.regularizer)  # losses take a plain mapping (lpreg.losses docstring)
     loss_fn, needs = get_loss(reg_cfg["name"]), loss_needs(reg_cfg["name"], reg_cfg)
     sampler = PromptSampler(len(task.train_problems()), cfg.seed)
