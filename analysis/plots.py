@@ -4,6 +4,7 @@
     python analysis/plots.py --wandb ENTITY/PROJECT --group G --out DIR
     python analysis/plots.py <sweep folder>            # also writes the Optuna sweep plots
     python analysis/plots.py --storage sqlite:///path/study.db --study NAME --out DIR
+    LPREG_SWEEP_STORAGE=postgresql://u:pw@host/db python analysis/plots.py <sweep folder>  # study.json masks pw
 
 Writes, into ``--out`` (default ``<first folder>/figures``): one PNG+PDF per metric of ``figures.CURVES`` (mean over
 seeds, 95% bootstrap band, one line per regularizer), ``prob_distribution.png/pdf``, and
@@ -20,6 +21,9 @@ from pathlib import Path
 from analysis.figures import CURVES, file_stem, plot_curve, plot_prob_distribution, plot_sweep, save
 from analysis.load import load_histograms, load_runs, load_wandb
 from analysis.stats import curve_stats, results_table
+from lpreg.mdtable import md_table, tex_cell
+from lpreg.pruning import STORAGE_ENV
+from lpreg.redact import unmask
 
 
 def table_text(table, fmt: str) -> str:
@@ -35,10 +39,9 @@ def table_text(table, fmt: str) -> str:
             "mean ± half-width of the 95% bootstrap CI over seeds.")
     header = ["regularizer", "seeds", *sources]
     body = [[r, str(seeds[r]), *[cell.get((r, s), "-") for s in sources]] for r in regs]
-    if fmt == "md":
-        lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-        return note + "\n\n" + "\n".join(lines + ["| " + " | ".join(row) + " |" for row in body]) + "\n"
-    esc = lambda s: s.replace("_", r"\_").replace("±", r"$\pm$")
+    if fmt == "md":  # regularizer and source names come from run files: escaped (lpreg/mdtable.py)
+        return note + "\n\n" + md_table(header, body)
+    esc = lambda s: tex_cell(s).replace("±", r"$\pm$")
     lines = [r"\begin{tabular}{l" + "r" * (len(header) - 1) + "}", r"\toprule",
              " & ".join(map(esc, header)) + r" \\", r"\midrule"]
     lines += [" & ".join(map(esc, row)) + r" \\" for row in body]
@@ -99,7 +102,11 @@ def main(argv=None) -> int:
         study = folder / "study.json"
         if study.exists():
             info = json.loads(study.read_text())
-            written += plot_sweep(info["storage"], info["study_name"], out)
+            try:
+                written += plot_sweep(unmask(info["storage"], STORAGE_ENV), info["study_name"], out)
+            except ValueError as err:
+                print(f"error: {err}", file=sys.stderr)
+                return 2
     for p in written:
         print(f"wrote {p}")
     return 0 if written else 1

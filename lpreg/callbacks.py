@@ -1,6 +1,13 @@
-"""Hydra callback: at the end of a multirun, a table of arms × seeds written to the multirun folder.
+"""Hydra callbacks: secrets masked in what Hydra writes, and a table of arms × seeds at the end of a multirun.
 
-Reads every ``<job>/summary.json`` under the multirun folder and writes ``multirun_summary.csv`` and
+``MaskSecrets`` (``lpreg/redact.py`` has the rules): Hydra saves ``<job>/.hydra/{config,hydra,overrides}.yaml`` and
+a basic multirun's ``multirun.yaml`` before any user code runs, with every value in clear. ``on_job_start`` (called
+by Hydra right after it saved them, before the task function) rewrites those files masked; it and
+``on_multirun_start`` mask every log record of the process (the job log file, the launcher's lines, the console),
+and ``on_multirun_end`` masks ``multirun.yaml`` once more. Between Hydra's write of ``multirun.yaml`` and the first job's
+start (the time to compose one job's config) that file holds the values in clear.
+
+``MultirunSummary`` reads every ``<job>/summary.json`` under the multirun folder and writes ``multirun_summary.csv`` and
 ``multirun_summary.md`` (final and best held-out ``eval/mean``, final entropy, status, wall time), prints the
 Markdown table, and makes the multirun exit non-zero if any job failed (after all jobs ran).
 """
@@ -14,7 +21,11 @@ from pathlib import Path
 from typing import Any
 
 from hydra.experimental.callback import Callback
+from hydra.types import RunMode
 from omegaconf import DictConfig
+
+from lpreg.mdtable import md_table
+from lpreg.redact import mask_log_records, redact, rewrite_masked_yaml
 
 log = logging.getLogger("lpreg")
 COLUMNS = ["job", "regularizer", "seed", "status", "final_acc", "best_acc", "final_entropy", "wall_time_s"]
@@ -25,20 +36,19 @@ def collect(sweep_dir: Path) -> list[dict[str, Any]]:
     rows = []
     for path in sorted(Path(sweep_dir).glob("*/summary.json")):
         s = json.loads(path.read_text())
-        rows.append({
+        rows.append(redact({
             "job": path.parent.name, "regularizer": s.get("regularizer"), "seed": s.get("seed"),
             "status": s.get("status"), "final_acc": s.get("final", {}).get("eval/mean"),
             "best_acc": s.get("best", {}).get("eval/mean"),
             "final_entropy": s.get("last_train", {}).get("policy/entropy"), "wall_time_s": s.get("wall_time_s"),
-        })
+        }))
     return sorted(rows, key=lambda r: (str(r["regularizer"]), r["seed"] if r["seed"] is not None else -1, r["job"]))
 
 
 def markdown(rows: list[dict[str, Any]]) -> str:
-    fmt = lambda v: "-" if v is None else (f"{v:.4f}" if isinstance(v, float) else str(v))
-    lines = ["| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
-    lines += ["| " + " | ".join(fmt(r[c]) for c in COLUMNS) + " |" for r in rows]
-    return "\n".join(lines) + "\n"
+    """The table as Markdown; job names and fields come from files and are escaped (``lpreg.mdtable``)."""
+    fmt = lambda v: f"{v:.4f}" if isinstance(v, float) else v
+    return md_table(COLUMNS, [[fmt(r[c]) for c in COLUMNS] for r in rows])
 
 
 def write_summary(sweep_dir: Path) -> list[dict[str, Any]]:
@@ -51,6 +61,31 @@ def write_summary(sweep_dir: Path) -> list[dict[str, Any]]:
         writer.writerows(rows)
     (Path(sweep_dir) / "multirun_summary.md").write_text(markdown(rows))
     return rows
+
+
+class MaskSecrets(Callback):
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        mask_log_records()
+
+    def on_job_start(self, config: DictConfig, **kwargs: Any) -> None:
+        mask_log_records()
+        if config.hydra.output_subdir is not None:
+            saved = Path(config.hydra.runtime.output_dir) / str(config.hydra.output_subdir)
+            for name in ("config.yaml", "hydra.yaml", "overrides.yaml"):
+                if (saved / name).exists():
+                    rewrite_masked_yaml(saved / name)
+        self._mask_multirun_yaml(config)
+
+    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        self._mask_multirun_yaml(config)
+
+    @staticmethod
+    def _mask_multirun_yaml(config: DictConfig) -> None:
+        if config.hydra.mode != RunMode.MULTIRUN:
+            return
+        path = Path(str(config.hydra.sweep.dir)) / "multirun.yaml"
+        if path.exists():
+            rewrite_masked_yaml(path)
 
 
 class MultirunSummary(Callback):

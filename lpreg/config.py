@@ -184,7 +184,9 @@ class SweepConfig:
     n_trials: int = 10  # new trials per invocation (a second invocation resumes and adds as many)
     batch_size: int = 1  # trials launched together (in parallel with hydra/launcher=joblib)
     seeds: list[int] = field(default_factory=lambda: [0])  # each trial's objective is the mean over these seeds
-    storage: str | None = None  # Optuna storage URL; default sqlite in the sweep folder
+    # Optuna storage URL; unset: $LPREG_SWEEP_STORAGE (the way to give a URL with a password), else SQLite in the
+    # sweep folder. Written masked wherever it is written (lpreg/redact.py).
+    storage: str | None = None
     direction: str = "maximize"
     sampler_seed: int = 0
     pruner: str = "none"  # none | median | hyperband (one seed per trial; any launcher: reports go through storage)

@@ -163,12 +163,16 @@ def tiny_policy_path(cfg, task, cache_dir: str | Path | None = None) -> Path:
     return folder
 
 
-def load_pretrained(path: str | Path, dtype: str = "float32", trust_remote_code: bool = False):
-    """``(model, tokenizer)`` from a local folder or hub id, with a clear error for a bad path."""
+def load_pretrained(path: str | Path, dtype: str = "float32", trust_remote_code: bool = False,
+                    use_safetensors: bool | None = None):
+    """``(model, tokenizer)`` from a local folder or hub id, with a clear error for a bad path.
+
+    ``trust_remote_code`` (``model.trust_remote_code``, off unless the user sets it) lets transformers import and
+    run Python files that come with the model; ``use_safetensors=True`` refuses weights in any other format."""
     try:
         tokenizer = AutoTokenizer.from_pretrained(str(path), trust_remote_code=trust_remote_code)
         model = AutoModelForCausalLM.from_pretrained(
-            str(path), dtype=getattr(torch, dtype), trust_remote_code=trust_remote_code
+            str(path), dtype=getattr(torch, dtype), trust_remote_code=trust_remote_code, use_safetensors=use_safetensors
         )
     except (OSError, ValueError) as err:
         raise ValueError(

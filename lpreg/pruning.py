@@ -8,8 +8,13 @@ jobs reporting the same trial would mix their curves).
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from pathlib import Path
+
+from lpreg.redact import unmask
+
+STORAGE_ENV = "LPREG_SWEEP_STORAGE"  # the recommended way to give a storage URL with a password
 
 
 def make_pruner(name: str):
@@ -23,9 +28,14 @@ def make_pruner(name: str):
     return pruners[name]()
 
 
-def storage_url(sweep, sweep_dir: Path) -> str:
-    """``sweep.storage``, or an SQLite file named after the study in the sweep folder."""
-    return sweep.storage or f"sqlite:///{(Path(sweep_dir) / f'{sweep.name}.db').resolve()}"
+def storage_url(sweep, sweep_dir: Path, env=os.environ) -> str:
+    """``sweep.storage``, else ``$LPREG_SWEEP_STORAGE``, else ``sqlite:///<sweep_dir>/<sweep.name>.db``.
+
+    Jobs get ``sweep.storage`` with its password masked; a masked URL is replaced by the environment variable when
+    that one masks to the same text, and is an error otherwise.
+    """
+    url = unmask(sweep.storage, STORAGE_ENV, env) if sweep.storage else None
+    return url or env.get(STORAGE_ENV) or f"sqlite:///{(Path(sweep_dir) / f'{sweep.name}.db').resolve()}"
 
 
 def reporter(sweep, sweep_dir: Path, metric: str) -> Callable[[int, dict], None] | None:

@@ -2,7 +2,8 @@
 
 The one place that reads the config: Hydra composes ``conf/`` against the structured schemas of
 ``lpreg/config.py``; the resolved config is saved by Hydra in ``<job>/.hydra/`` and logged to W&B. Each job
-writes ``summary.json`` (status ``running`` -> ``completed`` | ``failed``) into its Hydra job folder.
+writes ``summary.json`` (status ``running`` -> ``completed`` | ``failed``) into its Hydra job folder. Secrets are
+masked in everything written (``lpreg/redact.py``; Hydra's own files by ``lpreg.callbacks.MaskSecrets``).
 
 A failing job in a multirun is recorded (summary.json, a failed W&B run) and does not stop the other jobs; the
 multirun ends with a non-zero exit once all jobs ran (see ``lpreg/callbacks.py``). The task function returns
@@ -27,6 +28,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from lpreg import pruning
 from lpreg.config import ROOT, embedded_values, register_configs
+from lpreg.redact import redact, redact_text
 
 log = logging.getLogger("lpreg")
 register_configs()
@@ -123,7 +125,7 @@ def main(cfg: DictConfig) -> float:
     reg = cfg.regularizer.name
     base = {"status": "running", "seed": cfg.seed, "regularizer": reg, "git_revision": git_revision(),
             "num_threads": cfg_obj.trainer.num_threads,
-            "overrides": list(hc.overrides.task), "job_dir": str(job_dir)}
+            "overrides": redact(list(hc.overrides.task)), "job_dir": str(job_dir)}
     write_json(job_dir / "summary.json", base)
     if cfg_obj.model.kind == "hf" and (still := embedded_values(cfg_obj)):
         log.warning("model=hf with values sized for the embedded CPU testbed (use +experiment=... or set them):\n  %s",
@@ -152,7 +154,7 @@ def main(cfg: DictConfig) -> float:
         summary = {**base, "status": "pruned", "error": str(err)}
         log.info("job %s pruned: %s", job_dir, err)
     except Exception as err:  # any failure is recorded (summary.json, W&B) before it propagates
-        summary = {**base, "status": "failed", "error": f"{type(err).__name__}: {err}"}
+        summary = {**base, "status": "failed", "error": redact_text(f"{type(err).__name__}: {err}")}
         if not multirun:
             raise
         log.error("job %s failed:\n%s", job_dir, traceback.format_exc())

@@ -8,7 +8,8 @@ Local store (the job folder; analysis reads only this):
 Non-finite values are written as ``null``.
 
 W&B (``wandb.mode``: offline by default, online, disabled): one run per job, files inside the job folder,
-group = the multirun/study, job_type = regularizer, every series plotted against ``train/step``.
+group = the multirun/study, job_type = regularizer, every series plotted against ``train/step``. The run config and
+the recorded command line are masked (``lpreg/redact.py``): a password or API key never reaches W&B.
 ``run.py`` builds the tracker and owns its lifetime (``finish`` in a ``finally``).
 """
 
@@ -21,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from lpreg.metrics import TIMING_PREFIXES
+from lpreg.redact import masked_argv, redact
 
 
 def _clean(v: Any) -> Any:
@@ -86,11 +88,12 @@ class WandbTracker(Tracker):
         import wandb
 
         self.wandb = wandb
-        self.run = wandb.init(
-            project=cfg.project, entity=cfg.entity, group=group, job_type=job_type, name=name, tags=tags,
-            config=resolved_config, dir=str(job_dir), mode=cfg.mode, id=run_id, resume="allow" if run_id else None,
-            reinit="create_new",
-        )
+        with masked_argv():  # W&B records the command line as run metadata
+            self.run = wandb.init(
+                project=cfg.project, entity=cfg.entity, group=group, job_type=job_type, name=name, tags=redact(tags),
+                config=redact(resolved_config), dir=str(job_dir), mode=cfg.mode, id=run_id,
+                resume="allow" if run_id else None, reinit="create_new",
+            )
         self.run_id = self.run.id
         self.run.define_metric("train/step")
         self.run.define_metric("*", step_metric="train/step")

@@ -34,7 +34,7 @@ from lpreg.eval import evaluate
 from lpreg.losses import REGULARIZERS, LossInputs, approx_kl
 from lpreg.losses.lpreg import rollout_delta
 from lpreg.metrics import masked_mean_value, mean_metrics, probability_histogram, token_entropy
-from lpreg.models import load_policy, load_pretrained
+from lpreg.models import load_policy
 from lpreg.proxy import proxy_log_prob, tail_mass
 from lpreg.rollout import Generation, build_rollout
 from lpreg.tasks import build_task
@@ -58,10 +58,10 @@ class PromptSampler:
         return out
 
     def state(self) -> dict:
-        return {"rng": self.rng.getstate(), "order": list(self.order)}
+        return {"rng": checkpoint.random_state_to_plain(self.rng.getstate()), "order": list(self.order)}
 
     def load(self, state: dict) -> None:
-        self.rng.setstate(state["rng"])
+        self.rng.setstate(checkpoint.random_state_from_plain(state["rng"]))
         self.order = list(state["order"])
 
 
@@ -226,7 +226,7 @@ def train(cfg, job_dir: Path, tracker, resume: checkpoint.Resume | None = None, 
     start = state.get("step", 0)
     task = build_task(cfg.task)
     model, tokenizer, model_path = load_policy(cfg.model, task) if resume is None else (
-        *load_pretrained(resume.path), str(resume.path))
+        *checkpoint.load_model(resume.path), str(resume.path))
     reg_cfg = cfg.regularizer
     reg = REGULARIZERS.get(reg_cfg.name)
     loss_fn, needs = reg.loss, reg.needs(reg_cfg)

@@ -24,6 +24,7 @@ def isolated_env(tmp_path_factory):
         "WANDB_DATA_DIR": str(base / "wandb_data"), "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
         "WANDB_SILENT": "true", "HOME": str(base / "home"),
     })
+    os.environ.pop("LPREG_SWEEP_STORAGE", None)  # the sweep storage comes from the command line in tests
     yield
 
 

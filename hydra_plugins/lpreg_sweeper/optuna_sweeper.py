@@ -4,9 +4,13 @@ Why our own: the ``hydra-optuna-sweeper`` 1.3 wheel pins ``optuna<3`` (and SQLAl
 current Optuna through Hydra's Sweeper API, so ``-m`` multirun, launchers (basic, joblib, submitit) and config
 composition keep working. The study is described by the job config's ``sweep`` node (``sweeps/*.yaml``).
 
-- Storage: ``sweep.storage`` (any Optuna storage URL; PostgreSQL for several machines), default an SQLite file in
-  the sweep folder. ``load_if_exists``: running the same command again resumes the study and adds
-  ``sweep.n_trials`` trials; job folders are named ``trial_<number>_s<seed>`` so nothing is overwritten.
+- Storage: ``sweep.storage`` if set, else the environment variable ``LPREG_SWEEP_STORAGE``, else an SQLite file in
+  the sweep folder (any Optuna storage URL; PostgreSQL for several machines). A URL with a password belongs in the
+  environment variable (``export LPREG_SWEEP_STORAGE=postgresql://user:pw@host/db``): that is the recommended way,
+  as the URL then never enters a config. Wherever the URL is written (``study.json``, logs) its password is masked
+  (``lpreg/redact.py``); the jobs, which do not use it, get ``sweep.storage`` masked.
+- ``load_if_exists``: running the same command again resumes the study and adds ``sweep.n_trials`` trials; job
+  folders are named ``trial_<number>_s<seed>`` so nothing is overwritten.
 - Several workers may start at once on one study: creation races are retried (SQLite with a busy timeout).
 - Each trial runs one job per ``sweep.seeds`` entry and is told the mean of their objectives (``summary.json``).
   A job that failed or returned NaN makes the trial FAIL; the study goes on.
@@ -30,6 +34,8 @@ from hydra.core.plugins import Plugins
 from hydra.plugins.sweeper import Sweeper
 from hydra.types import HydraContext, TaskFunction
 from omegaconf import DictConfig
+
+from lpreg.redact import mask_url, redact_text
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +61,13 @@ def suggest(trial, name: str, spec: dict) -> Any:
     raise ValueError(f"sweep.params.{name}: type {kind!r} is not one of float, int, categorical")
 
 
+def job_overrides(arguments: list[str]) -> list[str]:
+    """The command line's overrides for each job, ``sweep.storage`` masked (a job that prunes reads the real URL from
+    ``$LPREG_SWEEP_STORAGE``, see ``lpreg/pruning.py``)."""
+    is_storage = lambda a: a.lstrip("+~").split("=", 1)[0] == "sweep.storage"
+    return [redact_text(a) if is_storage(a) else a for a in arguments if "=" in a]
+
+
 def open_study(sweep: DictConfig, storage_url: str, retries: int = 20):
     """Create or load the study; tolerate several workers creating it at the same moment."""
     import optuna
@@ -71,9 +84,9 @@ def open_study(sweep: DictConfig, storage_url: str, retries: int = 20):
                                        sampler=optuna.samplers.TPESampler(seed=sweep.sampler_seed),
                                        pruner=pruner, load_if_exists=True)
         except (optuna.exceptions.DuplicatedStudyError, IntegrityError, OperationalError) as err:
-            log.warning("opening study %s (attempt %d): %s", sweep.name, attempt + 1, err)
+            log.warning("opening study %s (attempt %d): %s", sweep.name, attempt + 1, redact_text(str(err)))
             time.sleep(0.2 + 0.3 * attempt)
-    raise RuntimeError(f"could not open Optuna study {sweep.name!r} at {storage_url}")
+    raise RuntimeError(f"could not open Optuna study {sweep.name!r} at {mask_url(storage_url)}")
 
 
 class LpregOptunaSweeper(Sweeper):
@@ -98,10 +111,10 @@ class LpregOptunaSweeper(Sweeper):
         sweep_dir.mkdir(parents=True, exist_ok=True)
         storage = storage_url(sweep, sweep_dir)
         study = open_study(sweep, storage)
-        (sweep_dir / "study.json").write_text(json.dumps({"storage": storage, "study_name": sweep.name}))
+        (sweep_dir / "study.json").write_text(json.dumps({"storage": mask_url(storage), "study_name": sweep.name}))
         if sweep.pruner != "none" and len(sweep.seeds) != 1:
             log.warning("pruning needs one seed per trial: it is off for this sweep")
-        fixed = [a for a in arguments if "=" in a]
+        fixed = job_overrides(arguments)
         for start in range(0, sweep.n_trials, sweep.batch_size):
             trials = [study.ask() for _ in range(min(sweep.batch_size, sweep.n_trials - start))]
             jobs = []
@@ -113,7 +126,7 @@ class LpregOptunaSweeper(Sweeper):
             self.launcher.launch(jobs, initial_job_idx=trials[0].number * len(sweep.seeds))
             for t in trials:
                 self._tell(study, t, [sweep_dir / f"trial_{t.number:04d}_s{s}" for s in sweep.seeds])
-        self._report(study, sweep_dir)
+        self._report(study, sweep_dir, storage)
 
     @staticmethod
     def _tell(study, trial, job_dirs: list[Path]) -> None:
@@ -134,7 +147,7 @@ class LpregOptunaSweeper(Sweeper):
             study.tell(trial, state=optuna.trial.TrialState.FAIL)
 
     @staticmethod
-    def _report(study, sweep_dir: Path) -> None:
+    def _report(study, sweep_dir: Path, storage: str) -> None:
         import optuna
 
         df = study.trials_dataframe()
@@ -148,6 +161,5 @@ class LpregOptunaSweeper(Sweeper):
         if done:
             from analysis.figures import plot_sweep
 
-            storage = json.loads((sweep_dir / "study.json").read_text())["storage"]
             for p in plot_sweep(storage, study.study_name, sweep_dir):
                 print(f"wrote {p}")
