@@ -37,6 +37,7 @@ from lpreg.losses.lpreg import rollout_threshold
 from lpreg.metrics import masked_mean_value, mean_metrics, probability_histogram, token_entropy
 from lpreg.models import load_policy, load_pretrained
 from lpreg.proxy import proxy_log_prob, tail_mass
+from lpreg.rewards import RewardGrader
 from lpreg.rollout import Generation, build_rollout
 from lpreg.tasks import build_task
 
@@ -231,85 +232,91 @@ def train(cfg, job_dir: Path, make_tracker, on_eval=None) -> dict:
         log.info("resuming from %s (step %d)", ckpt, start)
     tracker = make_tracker(state.get("wandb_run_id"), start)  # first, so that a bad model or task is tracked too
     task = build_task(cfg.task)
-    model, tokenizer, model_path = load_policy(cfg.model, task) if ckpt is None else (*load_pretrained(ckpt), str(ckpt))
-    reg_cfg = dataclasses.asdict(cfg.regularizer)  # losses take a plain mapping (lpreg.losses docstring)
-    loss_fn, needs = get_loss(reg_cfg["name"]), loss_needs(reg_cfg["name"], reg_cfg)
-    sampler = PromptSampler(len(task.train_problems()), cfg.seed)
-    model.to(device)
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.trainer.lr, weight_decay=cfg.trainer.weight_decay,
-                            betas=tuple(cfg.trainer.betas))
-    if state:
-        opt.load_state_dict(state["optimizer"])
-        sampler.load(state["sampler"])
-        torch.set_rng_state(state["torch_rng"])
-    engine = build_rollout(cfg.rollout, model, tokenizer, model_path)
-    sparks = spark_ids(tokenizer, cfg.metrics.sparks, device)
-    evals: list[dict] = state.get("evals", [])
-    G, T, max_len = cfg.rollout.group_size, cfg.rollout.temperature, cfg.task.max_response_len
-    last: dict[str, float] = {}
-    bad_steps = 0
+    grader = RewardGrader(task, cfg.task)  # reward worker pool, one per run (lpreg/rewards.py)
+    try:
+        model, tokenizer, model_path = load_policy(cfg.model, task) if ckpt is None else (*load_pretrained(ckpt), str(ckpt))
+        reg_cfg = dataclasses.asdict(cfg.regularizer)  # losses take a plain mapping (lpreg.losses docstring)
+        loss_fn, needs = get_loss(reg_cfg["name"]), loss_needs(reg_cfg["name"], reg_cfg)
+        sampler = PromptSampler(len(task.train_problems()), cfg.seed)
+        model.to(device)
+        opt = torch.optim.AdamW(model.parameters(), lr=cfg.trainer.lr, weight_decay=cfg.trainer.weight_decay,
+                                betas=tuple(cfg.trainer.betas))
+        if state:
+            opt.load_state_dict(state["optimizer"])
+            sampler.load(state["sampler"])
+            torch.set_rng_state(state["torch_rng"])
+        engine = build_rollout(cfg.rollout, model, tokenizer, model_path)
+        sparks = spark_ids(tokenizer, cfg.metrics.sparks, device)
+        evals: list[dict] = state.get("evals", [])
+        G, T, max_len = cfg.rollout.group_size, cfg.rollout.temperature, cfg.task.max_response_len
+        last: dict[str, float] = {}
+        bad_steps = 0
 
-    def run_eval(step: int) -> dict[str, float]:
-        res = evaluate(engine, task, cfg.eval, max_len, seed=cfg.seed * 100_003 + step)
-        evals.append({"step": step, **res})
-        if on_eval is not None:
-            on_eval(step, res)
-        return res
+        def run_eval(step: int) -> dict[str, float]:
+            res = evaluate(engine, task, cfg.eval, max_len, seed=cfg.seed * 100_003 + step, grader=grader)
+            evals.append({"step": step, **res})
+            if on_eval is not None:
+                on_eval(step, res)
+            return res
 
-    if start == 0 and cfg.eval.at_start:
-        tracker.log(run_eval(0), step=0)
+        if start == 0 and cfg.eval.at_start:
+            tracker.log(run_eval(0), step=0)
 
-    bar = tqdm(range(start + 1, cfg.trainer.steps + 1), desc=f"{reg_cfg['name']} s{cfg.seed}", unit="step",
-               initial=start, total=cfg.trainer.steps, dynamic_ncols=True)
-    for step in bar:
-        timer, t0 = Timer(), time.perf_counter()
-        with timer("rollout"):
-            problems = [task.train_problems()[i] for i in sampler.next(cfg.trainer.prompts_per_step) for _ in range(G)]
-            gen = engine.generate([p.prompt for p in problems], max_len, T)
-        with timer("reward"):
-            rewards = torch.tensor([task.reward(t, p, bool(f)) for t, p, f in
-                                    zip(gen.texts, problems, gen.finished.tolist())], device=device)
-            adv = grpo_advantages(rewards, G)[:, None] * gen.response_mask  # [B, R]
-        with timer("targets"):
-            tg, metrics = compute_targets(model, gen, adv, T, needs, reg_cfg, cfg.metrics,
-                                          cfg.trainer.micro_batch_size, sparks)
-        with timer("update"):
-            metrics.update(update(model, opt, gen, adv, tg, loss_fn, reg_cfg, needs, cfg))
-            engine.sync_weights()
-        groups = rewards.view(-1, G)
-        lengths = gen.response_mask.sum(-1)
-        metrics.update({
-            "train/reward_mean": rewards.mean().item(),
-            "train/accuracy": (rewards > 0.5).float().mean().item(),
-            "train/zero_adv_frac": (groups == groups[:, :1]).all(-1).float().mean().item(),
-            "train/response_len_mean": lengths.mean().item(),
-            "train/response_clip_frac": (~gen.finished).float().mean().item(),
-        })
-        if cfg.eval.every and step % cfg.eval.every == 0 or step == cfg.trainer.steps:
-            with timer("eval"):
-                metrics.update(run_eval(step))
-        n_bins = cfg.metrics.hist_bins
-        tracker.log_histogram("policy/sampled_prob_hist", [i / n_bins for i in range(n_bins + 1)],
-                              probability_histogram(tg.sampled_prob, gen.response_mask, n_bins), step)
-        if cfg.metrics.samples_every and step % cfg.metrics.samples_every == 0:
-            tracker.log_table("samples", _sample_rows(problems, gen, rewards, tg.sampled_prob,
-                                                      cfg.metrics.samples_n), step)
-        if cfg.trainer.checkpoint_every and step % cfg.trainer.checkpoint_every == 0 or step == cfg.trainer.steps:
-            with timer("checkpoint"):
-                checkpoint.save(job_dir, step, model, tokenizer, {
-                    "step": step, "optimizer": opt.state_dict(), "sampler": sampler.state(),
-                    "torch_rng": torch.get_rng_state(), "evals": evals, "wandb_run_id": tracker.run_id})
-        elapsed = time.perf_counter() - t0
-        metrics.update(timer.times)
-        metrics["timing/step"] = elapsed
-        metrics["perf/tokens_per_s"] = 2 * gen.response_mask.sum().item() / elapsed
-        tracker.log(metrics, step)
-        last = metrics
-        bad_steps = bad_steps + 1 if metrics["optim/skipped"] == cfg.trainer.mini_batches else 0
-        if bad_steps >= cfg.trainer.max_bad_steps:
-            raise FloatingPointError(f"training diverged: every update of the last {bad_steps} steps had a non-finite "
-                                     "gradient norm (trainer.max_bad_steps)")
-        bar.set_postfix(reward=f"{metrics['train/reward_mean']:.2f}", entropy=f"{metrics['policy/entropy']:.3f}",
-                        eval=f"{evals[-1]['eval/mean']:.3f}" if evals else "-")
-    bar.close()
-    return {"evals": evals, "last": last, "tracker": tracker, "model_path": model_path}
+        bar = tqdm(range(start + 1, cfg.trainer.steps + 1), desc=f"{reg_cfg['name']} s{cfg.seed}", unit="step",
+                   initial=start, total=cfg.trainer.steps, dynamic_ncols=True)
+        for step in bar:
+            timer, t0 = Timer(), time.perf_counter()
+            with timer("rollout"):
+                problems = [task.train_problems()[i] for i in sampler.next(cfg.trainer.prompts_per_step) for _ in range(G)]
+                gen = engine.generate([p.prompt for p in problems], max_len, T)
+            with timer("reward"):
+                grades = grader.grade(gen.texts, problems, gen.finished.tolist())
+                rewards = torch.tensor(grades.rewards, device=device)
+                adv = grpo_advantages(rewards, G)[:, None] * gen.response_mask  # [B, R]
+            with timer("targets"):
+                tg, metrics = compute_targets(model, gen, adv, T, needs, reg_cfg, cfg.metrics,
+                                              cfg.trainer.micro_batch_size, sparks)
+            with timer("update"):
+                metrics.update(update(model, opt, gen, adv, tg, loss_fn, reg_cfg, needs, cfg))
+                engine.sync_weights()
+            groups = rewards.view(-1, G)
+            lengths = gen.response_mask.sum(-1)
+            metrics.update({
+                "train/reward_mean": rewards.mean().item(),
+                "train/accuracy": (rewards > 0.5).float().mean().item(),
+                "train/zero_adv_frac": (groups == groups[:, :1]).all(-1).float().mean().item(),
+                "train/response_len_mean": lengths.mean().item(),
+                "train/response_clip_frac": (~gen.finished).float().mean().item(),
+            } | grades.metrics("train"))
+            if cfg.eval.every and step % cfg.eval.every == 0 or step == cfg.trainer.steps:
+                with timer("eval"):
+                    metrics.update(run_eval(step))
+            n_bins = cfg.metrics.hist_bins
+            tracker.log_histogram("policy/sampled_prob_hist", [i / n_bins for i in range(n_bins + 1)],
+                                  probability_histogram(tg.sampled_prob, gen.response_mask, n_bins), step)
+            if grades.timed_out:
+                tracker.log_table("reward_timeouts", grades.timeout_rows(problems, gen.texts), step)
+            if cfg.metrics.samples_every and step % cfg.metrics.samples_every == 0:
+                tracker.log_table("samples", _sample_rows(problems, gen, rewards, tg.sampled_prob,
+                                                          cfg.metrics.samples_n), step)
+            if cfg.trainer.checkpoint_every and step % cfg.trainer.checkpoint_every == 0 or step == cfg.trainer.steps:
+                with timer("checkpoint"):
+                    checkpoint.save(job_dir, step, model, tokenizer, {
+                        "step": step, "optimizer": opt.state_dict(), "sampler": sampler.state(),
+                        "torch_rng": torch.get_rng_state(), "evals": evals, "wandb_run_id": tracker.run_id})
+            elapsed = time.perf_counter() - t0
+            metrics.update(timer.times)
+            metrics["timing/step"] = elapsed
+            metrics["perf/tokens_per_s"] = 2 * gen.response_mask.sum().item() / elapsed
+            tracker.log(metrics, step)
+            last = metrics
+            bad_steps = bad_steps + 1 if metrics["optim/skipped"] == cfg.trainer.mini_batches else 0
+            if bad_steps >= cfg.trainer.max_bad_steps:
+                raise FloatingPointError(f"training diverged: every update of the last {bad_steps} steps had a non-finite "
+                                         "gradient norm (trainer.max_bad_steps)")
+            bar.set_postfix(reward=f"{metrics['train/reward_mean']:.2f}", entropy=f"{metrics['policy/entropy']:.3f}",
+                            eval=f"{evals[-1]['eval/mean']:.3f}" if evals else "-")
+        bar.close()
+        return {"evals": evals, "last": last, "tracker": tracker, "model_path": model_path}
+    finally:
+        grader.close()
