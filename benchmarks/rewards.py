@@ -18,8 +18,8 @@ math-verify's 5 s) and with the pool at 1 and 2 workers. Printed as a markdown t
 are the pool's worst case: each slow one holds a worker for the whole budget, so the time is about
 slow × budget / workers.
 
-``arithmetic`` times one reward phase of the embedded default (32 prompts x 8 samples = 256 responses, cache off,
-half of them correct), repeated ``--repeats`` times: in process vs the pool. This decides
+``arithmetic`` times one reward phase of the embedded default (32 prompts x 8 samples = 256 responses, half of them
+correct), repeated ``--repeats`` times: in process vs the pool. This decides
 ``ArithmeticTaskConfig.reward_workers``.
 """
 
@@ -113,7 +113,7 @@ def budget() -> None:
     print(f"responses whose score differs from the form's expected score: {mismatch}")
 
 
-def run(responses: list[str], gold_list: list[str], workers: int, timeout_s: float) -> tuple[float, list[float], int]:
+def run(responses: list[str], gold_list: list[str], workers: int, timeout_s: float) -> tuple[float, list[float], list]:
     cfg = MathTaskConfig(train_file=str(DATA / "aime24.jsonl"), reward_workers=workers, reward_timeout_s=timeout_s,
                          reward_cache_size=0)
     task = MathTask(cfg)
@@ -122,7 +122,7 @@ def run(responses: list[str], gold_list: list[str], workers: int, timeout_s: flo
         grader.wait_ready()
         t0 = time.perf_counter()
         grades = grader.grade(responses, problems, [True] * len(responses))
-        return time.perf_counter() - t0, grades.rewards, len(grades.timed_out)
+        return time.perf_counter() - t0, grades.rewards, grades.timed_out
 
 
 def throughput(n: int, n_adversarial: int, serial_adversarial: int, timeout_s: float) -> None:
@@ -134,14 +134,19 @@ def throughput(n: int, n_adversarial: int, serial_adversarial: int, timeout_s: f
     print("| responses | grader | graded | seconds | ms / response | timeouts | score = expected |")
     print("|---|---|---:|---:|---:|---:|---:|")
     expected = {"legitimate": [e for _, _, _, e in legit], "adversarial": [0.0] * n_adversarial}
+    cut_here: list[tuple[str, str, str]] = []
     for name, (responses, gold_list) in sets.items():
         size = len(responses)
         for label, workers, count in [("serial (in process)", 0, min(serial_adversarial, size) if name == "adversarial"
                                        else size), ("pool, 1 worker", 1, size), ("pool, 2 workers", 2, size)]:
-            secs, rewards, timeouts = run(responses[:count], gold_list[:count], workers, timeout_s)
+            secs, rewards, cut = run(responses[:count], gold_list[:count], workers, timeout_s)
             ok = sum(r == e for r, e in zip(rewards, expected[name]))
-            print(f"| {name} | {label} | {count} | {secs:.1f} | {secs / count * 1e3:.1f} | {timeouts} | {ok}/{count} |",
+            print(f"| {name} | {label} | {count} | {secs:.1f} | {secs / count * 1e3:.1f} | {len(cut)} | {ok}/{count} |",
                   flush=True)
+            if name == "legitimate":
+                cut_here.extend((label, responses[i], gold_list[i]) for i in cut)
+    for label, response, gold in cut_here:
+        print(f"legitimate response over the budget ({label}): {response[:100]!r} against gold {gold[:60]!r}")
 
 
 def arithmetic(repeats: int) -> None:
@@ -153,8 +158,10 @@ def arithmetic(repeats: int) -> None:
     texts = [p.answer if i % 2 else p.answer[::-1] + "0" for i, p in enumerate(problems)]
     print("| grader | ms per 256 responses (median) | min | max |")
     print("|---|---:|---:|---:|")
-    for label, workers in [("in process", 0), ("pool, 1 worker", 1), ("pool, 2 workers", 2)]:
-        cfg = ArithmeticTaskConfig(reward_workers=workers, reward_cache_size=0)
+    for label, workers, cache in [("in process, cache on (the default)", 0, ArithmeticTaskConfig.reward_cache_size),
+                                  ("in process, cache off", 0, 0), ("pool, 1 worker, cache off", 1, 0),
+                                  ("pool, 2 workers, cache off", 2, 0)]:
+        cfg = ArithmeticTaskConfig(reward_workers=workers, reward_cache_size=cache)
         with RewardGrader(task, cfg) as grader:
             grader.wait_ready()
             times = []

@@ -49,8 +49,8 @@ from typing import Any
 
 log = logging.getLogger(__name__)
 
-# Auto worker count cap: each math worker holds about 80 MB of resident memory beyond what it shares with the fork
-# server (measured with benchmarks/rewards.py on this machine), so 16 stays near 1.3 GB on large nodes.
+# Auto worker count cap: a math worker's resident set measured 70 MB on this machine (ps RSS, pages shared with the
+# fork server included), so 16 workers stay near 1.1 GB on large nodes.
 MAX_AUTO_WORKERS = 16
 MAX_START_FAILURES = 3  # consecutive workers killed by a signal before they were ready, then an error
 START_TIMEOUT_S = 300.0  # a worker not ready after this long (import + warm-up) is an error, not a slow start
