@@ -32,6 +32,9 @@ METRICS: dict[str, str] = {
     "train/zero_adv_frac": "share of prompt groups whose rewards are all equal (zero advantage)",
     "train/response_len_mean": "mean response length in tokens (end token included)",
     "train/response_clip_frac": "share of responses that hit the length limit without the end token",
+    "train/reward_timeouts": "responses whose grading exceeded task.reward_timeout_s (scored 0; text in samples.jsonl)",
+    "train/reward_cache_hit": "fraction of responses served by the reward cache or an earlier duplicate in the step",
+    "train/reward_worker_restarts": "reward worker processes replaced this step (over budget, or died)",
     "loss/total": "the optimized loss, mean over mini-batches",
     "loss/pg": "policy-gradient part of the loss",
     "loss/reg": "regularizer part of the loss (entropy bonus, Lp-Reg, KL-Cov term)",
@@ -59,6 +62,21 @@ def token_entropy(logits: torch.Tensor) -> torch.Tensor:
 def masked_mean_value(x: torch.Tensor, mask: torch.Tensor) -> float:
     n = mask.sum()
     return (x * mask).sum().item() / n.item() if n > 0 else math.nan
+
+
+def policy_metrics(old: dict[str, torch.Tensor], p: torch.Tensor, mask: torch.Tensor, response_ids: torch.Tensor,
+                   lowprob_threshold: float, sparks: dict[str, torch.Tensor]) -> dict[str, float]:
+    """``policy/*`` and ``sparks/*`` of a rollout: ``old`` holds π_old's flat per-token ``entropy`` and ``tail_mass``
+    over all response tokens; ``p`` is π_old(y) ``[B, R]``, ``mask`` the response mask, ``response_ids`` the tokens."""
+    out = {
+        "policy/entropy": old["entropy"].mean().item() if old["entropy"].numel() else math.nan,
+        "policy/tail_mass": old["tail_mass"].mean().item() if old["tail_mass"].numel() else math.nan,
+        "policy/sampled_prob_mean": masked_mean_value(p, mask),
+        "policy/lowprob_frac": masked_mean_value((p < lowprob_threshold).float(), mask),
+    }
+    for name, ids in sparks.items():
+        out[f"sparks/{name}/prob"] = masked_mean_value(p, torch.isin(response_ids, ids).float() * mask)
+    return out
 
 
 def probability_histogram(probs: torch.Tensor, mask: torch.Tensor, bins: int) -> list[int]:

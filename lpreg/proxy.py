@@ -5,9 +5,8 @@
 - ``mode="fixed"``: survivors are tokens with ``p >= kappa`` (``kappa`` read as an absolute τ).
 
 Filtered logits are set to ``FILTERED = -1e4`` (the reference's hard filter), so the proxy log-prob of a
-filtered token is about -1e4. Everything is computed in fp32 (or the input's dtype if wider), without gradient,
-in row chunks, and only the value at the sampled token is kept. Callers pass logits already divided by the
-rollout temperature.
+filtered token is about -1e4. Everything is computed in fp32 (or the input's dtype if wider), without gradient;
+callers pass one chunk of logits (``lpreg/tokens.py``) already divided by the rollout temperature.
 """
 
 from __future__ import annotations
@@ -39,16 +38,23 @@ def filtered_logits(logits: torch.Tensor, kappa: float, mode: str = "minp") -> t
 
 
 @torch.no_grad()
-def proxy_log_prob(logits: torch.Tensor, tokens: torch.Tensor, kappa: float, mode: str = "minp",
-                   chunk: int = 4096) -> torch.Tensor:
-    """log π_proxy(y) at the sampled tokens: logits ``[B, T, V]``, tokens ``[B, T]`` -> ``[B, T]``."""
-    B, T, V = logits.shape
-    flat, ids = logits.detach().reshape(B * T, V), tokens.reshape(B * T, 1)
-    out = torch.empty(B * T, dtype=_wide(flat[:1]).dtype, device=logits.device)
-    for s in range(0, B * T, chunk):
-        rows = filtered_logits(flat[s : s + chunk], kappa, mode)  # [c, V]
-        out[s : s + chunk] = torch.log_softmax(rows, -1).gather(-1, ids[s : s + chunk])[:, 0]
-    return out.view(B, T)
+def proxy_log_prob(logits: torch.Tensor, tokens: torch.Tensor, kappa: float, mode: str = "minp") -> torch.Tensor:
+    """log π_proxy(y) at the sampled tokens: logits ``[..., V]``, tokens ``[...]`` -> ``[...]``."""
+    rows = filtered_logits(logits.detach(), kappa, mode)  # [..., V]
+    return torch.log_softmax(rows, -1).gather(-1, tokens[..., None])[..., 0]
+
+
+@torch.no_grad()
+def proxy_support(logits: torch.Tensor, kappa: float, mode: str = "minp") -> tuple[torch.Tensor, torch.Tensor]:
+    """The proxy as a sparse list: survivor indices ``[n, K]`` and their proxy probabilities ``[n, K]`` for logits
+    ``[n, V]``, K = the most survivors of any row (padding: index 0 with probability 0)."""
+    probs = torch.softmax(_wide(logits.detach()), -1)  # [n, V]
+    keep = survivors(logits, kappa, mode)  # [n, V]
+    K = max(1, int(keep.sum(-1).max())) if len(keep) else 1
+    q = (probs * keep).topk(K, -1)  # survivors first: every survivor has p > 0, every other entry 0
+    z = q.values.sum(-1, keepdim=True)  # [n, 1] the surviving mass Z
+    idx = torch.where(q.values > 0, q.indices, torch.zeros_like(q.indices))
+    return idx, q.values / z
 
 
 def proxy_distribution(logits: torch.Tensor, kappa: float, mode: str = "minp") -> torch.Tensor:

@@ -1,18 +1,22 @@
 """The RLVR training loop (GRPO-style), read top to bottom.
 
 One step = one rollout batch (the paper's step):
-  rollout  ->  reward  ->  advantage  ->  targets  ->  update (mini-batches)  ->  metrics  ->  eval  ->  checkpoint
+  rollout -> reward -> advantage -> old pass (targets) -> update (mini-batches) -> metrics -> eval -> checkpoint
 
-- rollout: ``prompts_per_step`` prompts × ``group_size`` samples at temperature T (``conf/rollout``).
-- targets: one no-grad forward of π_old gives the old log-probs, the policy metrics, and whatever extra targets
-  the regularizer asks for (``loss_needs``), e.g. the Lp-Reg proxy, from the same logits: no extra forward.
-- update: the rollout is cut into ``mini_batches`` contiguous mini-batches (no shuffle, as the reference); one
-  AdamW step each, with grad-norm clipping; a non-finite grad norm skips the step with a warning. With
-  ``mini_batches: 1`` the update is on-policy. ``micro_batch_size`` splits a mini-batch for gradient
-  accumulation (each micro-batch's loss weighted by its share of sequences, as the reference).
-Departures from the reference: none in the loss path; the reference's FSDP/dynamic-batch machinery is replaced by
-plain gradient accumulation, and the old log-probs come from our trainer model (no separate rollout engine
-log-probs are used).
+- rollout: ``prompts_per_step`` prompts × ``group_size`` samples at temperature T (``rollout=``).
+- reward: the task's verifiable reward, graded by the run's ``RewardGrader`` (worker pool with a time budget).
+- old pass: one no-grad token pass of π_old over the rollout (``lpreg/tokens.py``) gives the old log-probs, the policy
+  metrics and every target the regularizer declares (e.g. the Lp-Reg proxy) from the same logits chunks: no extra
+  forward pass. The regularizer's rollout targets (e.g. δ of Lp-Reg ``scope: batch``) are computed once here.
+- update: the rollout is cut into ``mini_batches`` contiguous mini-batches (no shuffle, as the reference); each is
+  cut into micro-batches of at most ``max_tokens_per_micro_batch`` tokens (gradient accumulation). The loss of a
+  mini-batch is its exact aggregate (token-mean by default) over all its tokens whatever the micro-batching; one
+  AdamW step per mini-batch with grad-norm clipping; a non-finite grad norm skips the step with a warning. With
+  ``mini_batches: 1`` the update is on-policy.
+The trainer knows no regularizer by name: it calls what the registry entry declares (``lpreg/losses``).
+Departures from the reference: the reference's FSDP/dynamic-batch machinery is replaced by plain gradient
+accumulation over token-budget micro-batches, and the old log-probs come from the trainer's model (rollout-engine
+log-probs are not used in the loss).
 """
 
 from __future__ import annotations
@@ -22,7 +26,6 @@ import math
 import random
 import time
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -31,13 +34,13 @@ from tqdm import tqdm
 from lpreg import checkpoint
 from lpreg.advantages import grpo_advantages
 from lpreg.eval import evaluate
-from lpreg.losses import REGULARIZERS, LossInputs, approx_kl
-from lpreg.losses.lpreg import rollout_delta
-from lpreg.metrics import masked_mean_value, mean_metrics, probability_histogram, token_entropy
+from lpreg.losses import REGULARIZERS, LossInputs, Norm, approx_kl
+from lpreg.metrics import mean_metrics, policy_metrics, probability_histogram
 from lpreg.models import load_policy
-from lpreg.proxy import proxy_log_prob, tail_mass
+from lpreg.rewards import RewardGrader
 from lpreg.rollout import Generation, build_rollout
 from lpreg.tasks import build_task
+from lpreg.tokens import MicroBatch, check_head, grid, old_pass_fns, per_token, plan
 
 log = logging.getLogger(__name__)
 
@@ -65,15 +68,6 @@ class PromptSampler:
         self.order = list(state["order"])
 
 
-@dataclass
-class Targets:
-    old_log_prob: torch.Tensor  # [B, R]
-    proxy_log_prob: torch.Tensor | None  # [B, R]
-    old_logits: torch.Tensor | None  # [B, R, V]
-    sampled_prob: torch.Tensor  # [B, R] π_old(y)
-    delta_log_prob: float | None = None
-
-
 class Timer:
     def __init__(self):
         self.times: dict[str, float] = {}
@@ -91,20 +85,10 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def forward_logits(model, gen: Generation, rows: slice, temperature: float) -> torch.Tensor:
-    """Temperature-scaled logits at the response positions of ``rows``: ``[b, R, V]``."""
-    prompt, resp = gen.prompt_ids[rows], gen.response_ids[rows]
-    ids = torch.cat([prompt, resp], 1)  # [b, P+R]
-    attn = torch.cat([gen.prompt_mask[rows], torch.ones_like(resp)], 1)  # [b, P+R]
-    pos = (attn.cumsum(-1) - 1).clamp_min(0)  # left padding: positions start at the first real token
-    R = resp.shape[1]
-    logits = model(input_ids=ids, attention_mask=attn, position_ids=pos, logits_to_keep=R + 1).logits[:, :-1]
-    return logits.float() / temperature  # [b, R, V]
-
-
-def _chunks(n: int, size: int):
-    size = size or n
-    return [slice(s, min(s + size, n)) for s in range(0, n, size)]
+def compute_dtype(cfg) -> torch.dtype | None:
+    """The autocast dtype of forward and backward (``model.dtype``); None = plain fp32. Weights stay fp32."""
+    name = getattr(cfg.model, "dtype", "float32")
+    return None if name == "float32" else getattr(torch, name)
 
 
 def spark_ids(tokenizer, sparks: dict[str, list[str]], device) -> dict[str, torch.Tensor]:
@@ -113,75 +97,65 @@ def spark_ids(tokenizer, sparks: dict[str, list[str]], device) -> dict[str, torc
                                device=device) for name, words in sparks.items()}
 
 
-@torch.no_grad()
-def compute_targets(model, gen: Generation, adv: torch.Tensor, temperature: float, needs: frozenset[str],
-                    reg_cfg, mcfg, micro: int, sparks: dict[str, torch.Tensor]) -> tuple[Targets, dict[str, float]]:
-    """π_old log-probs, policy metrics and the regularizer's extra targets from one forward pass."""
-    was_training = model.training
-    model.eval()
-    mask = gen.response_mask
-    old_lp, ent, tail, proxy, old_logits = [], [], [], [], []
-    for rows in _chunks(len(mask), micro):
-        logits = forward_logits(model, gen, rows, temperature)  # [b, R, V]
-        old_lp.append(torch.log_softmax(logits, -1).gather(-1, gen.response_ids[rows, :, None])[..., 0])
-        ent.append(token_entropy(logits))
-        tail.append(tail_mass(logits, mcfg.tail_kappa))
-        if "proxy" in needs:
-            proxy.append(proxy_log_prob(logits, gen.response_ids[rows], reg_cfg.kappa, reg_cfg.mode))
-        if "old_logits" in needs:
-            old_logits.append(logits)
-    model.train(was_training)
-    old_lp = torch.cat(old_lp)  # [B, R]
-    p = old_lp.exp()
-    targets = Targets(old_lp, torch.cat(proxy) if proxy else None, torch.cat(old_logits) if old_logits else None, p)
-    if "delta" in needs:
-        targets.delta_log_prob = rollout_delta(old_lp, adv, mask, reg_cfg)
-    metrics = {
-        "policy/entropy": masked_mean_value(torch.cat(ent), mask),
-        "policy/tail_mass": masked_mean_value(torch.cat(tail), mask),
-        "policy/sampled_prob_mean": masked_mean_value(p, mask),
-        "policy/lowprob_frac": masked_mean_value((p < mcfg.lowprob_threshold).float(), mask),
-    }
-    for name, ids in sparks.items():
-        hit = torch.isin(gen.response_ids, ids).float() * mask
-        metrics[f"sparks/{name}/prob"] = masked_mean_value(p, hit)
-    return targets, metrics
-
-
-def update(model, opt, gen: Generation, adv, tg: Targets, loss_fn, reg_cfg, needs, cfg) -> dict[str, float]:
-    """One pass over the rollout in ``mini_batches`` optimizer steps; returns mean loss/optim metrics."""
+def micro_batches(gen: Generation, cfg) -> list[list[MicroBatch]]:
+    """The rollout's mini-batches (contiguous, ``trainer.mini_batches`` of them), each cut into micro-batches."""
     B = len(gen.response_ids)
     size = B // cfg.trainer.mini_batches
-    rows_metrics, grad_norms, skipped = [], [], 0
+    return [plan(gen, slice(s, s + size), cfg.trainer.max_tokens_per_micro_batch) for s in range(0, B, size)]
+
+
+@torch.no_grad()
+def old_pass(model, gen: Generation, minis: list[list[MicroBatch]], fns, cfg) -> list[list[dict]]:
+    """π_old's flat per-token values for every micro-batch: log π_old(y), entropy, tail mass and the
+    regularizer's old targets (one no-grad token pass; the same micro-batches the update uses)."""
+    was_training = model.training
+    model.eval()
+    out = [[per_token(model, mb, cfg.rollout.temperature, cfg.trainer.token_chunk, fns, autocast=compute_dtype(cfg))
+            for mb in mini] for mini in minis]
+    model.train(was_training)
+    return out
+
+
+def rollout_flat(olds: list[list[dict]], name: str) -> torch.Tensor:
+    """One per-token value over the whole rollout, ``[N]`` in the row-major order of the rollout's response mask."""
+    return torch.cat([old[name] for mini in olds for old in mini])
+
+
+def update(model, opt, minis: list[list[MicroBatch]], olds, adv: torch.Tensor, rollout: dict, reg, cfg) -> dict:
+    """One optimizer step per mini-batch (gradient accumulation over its micro-batches); mean loss/optim metrics."""
+    reg_cfg = cfg.regularizer
+    new_fns, old_names = reg.new_targets(reg_cfg), list(reg.old_targets(reg_cfg))
+    rows, grad_norms, skipped = [], [], 0
     model.train()
-    for mb in _chunks(B, size):
+    for mini, old_mini in zip(minis, olds):
         opt.zero_grad(set_to_none=True)
-        for rows in [slice(mb.start + s.start, mb.start + s.stop) for s in _chunks(size, cfg.trainer.micro_batch_size)]:
-            logits = forward_logits(model, gen, rows, cfg.rollout.temperature)  # [b, R, V] with grad
-            lp = torch.log_softmax(logits, -1).gather(-1, gen.response_ids[rows, :, None])[..., 0]  # [b, R]
-            inp = LossInputs(
-                log_prob=lp, old_log_prob=tg.old_log_prob[rows], advantages=adv[rows],
-                response_mask=gen.response_mask[rows],
-                proxy_log_prob=tg.proxy_log_prob[rows] if tg.proxy_log_prob is not None else None,
-                entropy=token_entropy(logits) if "entropy" in needs else None,
-                logits=logits if "logits" in needs else None,
-                old_logits=tg.old_logits[rows] if tg.old_logits is not None else None,
-                delta_log_prob=tg.delta_log_prob,
-            )
-            loss, m = loss_fn(inp, reg_cfg)
-            (loss * (rows.stop - rows.start) / size).backward()
+        mask = torch.cat([mb.response_mask.sum(-1) for mb in mini])  # [b_mini] response tokens per row
+        norm = Norm(float(mask.sum()), float((mask > 0).sum()), float(len(mask)))
+        parts = []
+        for mb, old in zip(mini, old_mini):
+            new = per_token(model, mb, cfg.rollout.temperature, cfg.trainer.token_chunk, new_fns, old=old, grad=True,
+                            autocast=compute_dtype(cfg))
+            R = mb.response_mask.shape[1]
+            inp = LossInputs(log_prob=grid(new["log_prob"], mb), old_log_prob=grid(old["log_prob"], mb),
+                             advantages=adv[mb.rows, :R], response_mask=mb.response_mask,
+                             old={k: grid(old[k], mb) for k in old_names},
+                             new={k: grid(new[k], mb) for k in new_fns}, rollout=rollout, norm=norm)
+            loss, m = reg.loss(inp, reg_cfg)
+            loss.backward()
             m["loss/total"] = loss.item()
-            m["policy/approx_kl"] = approx_kl(lp, inp.old_log_prob, inp.response_mask)
-            rows_metrics.append(m)
-        norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.trainer.grad_clip).item()
-        if math.isfinite(norm):
+            m["policy/approx_kl"] = approx_kl(inp.log_prob, inp.old_log_prob, inp.response_mask)
+            parts.append(m)
+        # loss/* of the micro-batches add up to the mini-batch's loss; the other metrics are means over them
+        rows.append({**mean_metrics(parts), **{k: sum(p[k] for p in parts) for k in parts[0] if k.startswith("loss/")}})
+        norm_value = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.trainer.grad_clip).item()
+        if math.isfinite(norm_value):
             opt.step()
-            grad_norms.append(norm)
+            grad_norms.append(norm_value)
         else:
             skipped += 1
             opt.zero_grad(set_to_none=True)
-            log.warning("non-finite gradient norm (%s): optimizer step skipped", norm)
-    out = mean_metrics(rows_metrics)
+            log.warning("non-finite gradient norm (%s): optimizer step skipped", norm_value)
+    out = mean_metrics(rows)
     out["optim/grad_norm"] = sum(grad_norms) / len(grad_norms) if grad_norms else math.nan
     out["optim/skipped"] = float(skipped)
     out["optim/lr"] = opt.param_groups[0]["lr"]
@@ -205,8 +179,12 @@ def validate(cfg) -> None:
     B = t.prompts_per_step * cfg.rollout.group_size
     if t.mini_batches < 1 or B % t.mini_batches:
         raise ValueError(f"trainer.mini_batches={t.mini_batches} must divide prompts_per_step × group_size = {B}")
-    if t.micro_batch_size and (B // t.mini_batches) % t.micro_batch_size:
-        raise ValueError(f"trainer.micro_batch_size={t.micro_batch_size} must divide the mini-batch ({B // t.mini_batches})")
+    if t.max_tokens_per_micro_batch < 0 or 0 < t.max_tokens_per_micro_batch <= cfg.task.max_response_len:
+        raise ValueError(f"trainer.max_tokens_per_micro_batch={t.max_tokens_per_micro_batch} must be 0 (one "
+                         f"micro-batch per mini-batch) or hold a prompt plus task.max_response_len="
+                         f"{cfg.task.max_response_len} tokens")
+    if t.token_chunk < 0:
+        raise ValueError(f"trainer.token_chunk={t.token_chunk} must be >= 0 (0 = the whole micro-batch at once)")
     if cfg.rollout.temperature <= 0:
         raise ValueError("rollout.temperature must be > 0 for RL rollouts")
 
@@ -227,9 +205,9 @@ def train(cfg, job_dir: Path, tracker, resume: checkpoint.Resume | None = None, 
     task = build_task(cfg.task)
     model, tokenizer, model_path = load_policy(cfg.model, task) if resume is None else (
         *checkpoint.load_model(resume.path), str(resume.path))
-    reg_cfg = cfg.regularizer
-    reg = REGULARIZERS.get(reg_cfg.name)
-    loss_fn, needs = reg.loss, reg.needs(reg_cfg)
+    check_head(model)
+    reg = REGULARIZERS.get(cfg.regularizer.name)
+    old_fns = old_pass_fns(cfg.metrics.tail_kappa, reg.old_targets(cfg.regularizer))
     sampler = PromptSampler(len(task.train_problems()), cfg.seed)
     model.to(device)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.trainer.lr, weight_decay=cfg.trainer.weight_decay,
@@ -245,67 +223,76 @@ def train(cfg, job_dir: Path, tracker, resume: checkpoint.Resume | None = None, 
     last: dict[str, float] = {}
     bad_steps = 0
 
-    def run_eval(step: int) -> dict[str, float]:
-        res = evaluate(engine, task, cfg.eval, max_len, seed=cfg.seed * 100_003 + step)
-        evals.append({"step": step, **res})
-        if on_eval is not None:
-            on_eval(step, res)
-        return res
+    with RewardGrader(task, cfg.task) as grader:  # the reward worker pool lives as long as the run
 
-    if start == 0 and cfg.eval.at_start:
-        tracker.log(run_eval(0), step=0)
+        def run_eval(step: int) -> dict[str, float]:
+            res = evaluate(engine, task, cfg.eval, max_len, seed=cfg.seed * 100_003 + step, grader=grader)
+            evals.append({"step": step, **res})
+            if on_eval is not None:
+                on_eval(step, res)
+            return res
 
-    bar = tqdm(range(start + 1, cfg.trainer.steps + 1), desc=f"{reg_cfg.name} s{cfg.seed}", unit="step",
-               initial=start, total=cfg.trainer.steps, dynamic_ncols=True)
-    for step in bar:
-        timer, t0 = Timer(), time.perf_counter()
-        with timer("rollout"):
-            problems = [task.train_problems()[i] for i in sampler.next(cfg.trainer.prompts_per_step) for _ in range(G)]
-            gen = engine.generate([p.prompt for p in problems], max_len, T)
-        with timer("reward"):
-            rewards = torch.tensor([task.reward(t, p, bool(f)) for t, p, f in
-                                    zip(gen.texts, problems, gen.finished.tolist())], device=device)
-            adv = grpo_advantages(rewards, G)[:, None] * gen.response_mask  # [B, R]
-        with timer("targets"):
-            tg, metrics = compute_targets(model, gen, adv, T, needs, reg_cfg, cfg.metrics,
-                                          cfg.trainer.micro_batch_size, sparks)
-        with timer("update"):
-            metrics.update(update(model, opt, gen, adv, tg, loss_fn, reg_cfg, needs, cfg))
-            engine.sync_weights()
-        groups = rewards.view(-1, G)
-        lengths = gen.response_mask.sum(-1)
-        metrics.update({
-            "train/reward_mean": rewards.mean().item(),
-            "train/accuracy": (rewards > 0.5).float().mean().item(),
-            "train/zero_adv_frac": (groups == groups[:, :1]).all(-1).float().mean().item(),
-            "train/response_len_mean": lengths.mean().item(),
-            "train/response_clip_frac": (~gen.finished).float().mean().item(),
-        })
-        if cfg.eval.every and step % cfg.eval.every == 0 or step == cfg.trainer.steps:
-            with timer("eval"):
-                metrics.update(run_eval(step))
-        n_bins = cfg.metrics.hist_bins
-        tracker.log_histogram("policy/sampled_prob_hist", [i / n_bins for i in range(n_bins + 1)],
-                              probability_histogram(tg.sampled_prob, gen.response_mask, n_bins), step)
-        if cfg.metrics.samples_every and step % cfg.metrics.samples_every == 0:
-            tracker.log_table("samples", _sample_rows(problems, gen, rewards, tg.sampled_prob,
-                                                      cfg.metrics.samples_n), step)
-        if cfg.trainer.checkpoint_every and step % cfg.trainer.checkpoint_every == 0 or step == cfg.trainer.steps:
-            with timer("checkpoint"):
-                checkpoint.save(job_dir, step, model, tokenizer, {
-                    "step": step, "optimizer": opt.state_dict(), "sampler": sampler.state(),
-                    "torch_rng": torch.get_rng_state(), "evals": evals, "wandb_run_id": tracker.run_id})
-        elapsed = time.perf_counter() - t0
-        metrics.update(timer.times)
-        metrics["timing/step"] = elapsed
-        metrics["perf/tokens_per_s"] = 2 * gen.response_mask.sum().item() / elapsed
-        tracker.log(metrics, step)
-        last = metrics
-        bad_steps = bad_steps + 1 if metrics["optim/skipped"] == cfg.trainer.mini_batches else 0
-        if bad_steps >= cfg.trainer.max_bad_steps:
-            raise FloatingPointError(f"training diverged: every update of the last {bad_steps} steps had a non-finite "
-                                     "gradient norm (trainer.max_bad_steps)")
-        bar.set_postfix(reward=f"{metrics['train/reward_mean']:.2f}", entropy=f"{metrics['policy/entropy']:.3f}",
-                        eval=f"{evals[-1]['eval/mean']:.3f}" if evals else "-")
-    bar.close()
+        if start == 0 and cfg.eval.at_start:
+            tracker.log(run_eval(0), step=0)
+
+        bar = tqdm(range(start + 1, cfg.trainer.steps + 1), desc=f"{reg.name} s{cfg.seed}", unit="step",
+                   initial=start, total=cfg.trainer.steps, dynamic_ncols=True)
+        for step in bar:
+            timer, t0 = Timer(), time.perf_counter()
+            with timer("rollout"):
+                problems = [task.train_problems()[i] for i in sampler.next(cfg.trainer.prompts_per_step)
+                            for _ in range(G)]
+                gen = engine.generate([p.prompt for p in problems], max_len, T)
+            with timer("reward"):
+                grades = grader.grade(gen.texts, problems, gen.finished.tolist())
+                rewards = torch.tensor(grades.rewards, device=device)
+                adv = grpo_advantages(rewards, G)[:, None] * gen.response_mask  # [B, R]
+            with timer("targets"):
+                minis = micro_batches(gen, cfg)
+                olds = old_pass(model, gen, minis, old_fns, cfg)
+                old_lp = rollout_flat(olds, "log_prob")  # [N] over the rollout's response tokens
+                mask = gen.response_mask > 0
+                rollout = reg.rollout_targets(cfg.regularizer, old_lp, adv[mask])
+                p = torch.zeros_like(gen.response_mask).masked_scatter(mask, old_lp.exp())  # [B, R] π_old(y)
+                metrics = policy_metrics({k: rollout_flat(olds, k) for k in ("entropy", "tail_mass")}, p,
+                                         gen.response_mask, gen.response_ids, cfg.metrics.lowprob_threshold, sparks)
+            with timer("update"):
+                metrics.update(update(model, opt, minis, olds, adv, rollout, reg, cfg))
+                engine.sync_weights()
+            groups = rewards.view(-1, G)
+            metrics.update({
+                "train/reward_mean": rewards.mean().item(),
+                "train/accuracy": (rewards > 0.5).float().mean().item(),
+                "train/zero_adv_frac": (groups == groups[:, :1]).all(-1).float().mean().item(),
+                "train/response_len_mean": gen.response_mask.sum(-1).mean().item(),
+                "train/response_clip_frac": (~gen.finished).float().mean().item(),
+            } | grades.metrics("train"))
+            if cfg.eval.every and step % cfg.eval.every == 0 or step == cfg.trainer.steps:
+                with timer("eval"):
+                    metrics.update(run_eval(step))
+            n_bins = cfg.metrics.hist_bins
+            tracker.log_histogram("policy/sampled_prob_hist", [i / n_bins for i in range(n_bins + 1)],
+                                  probability_histogram(p, gen.response_mask, n_bins), step)
+            if grades.timed_out:
+                tracker.log_table("reward_timeouts", grades.timeout_rows(problems, gen.texts), step)
+            if cfg.metrics.samples_every and step % cfg.metrics.samples_every == 0:
+                tracker.log_table("samples", _sample_rows(problems, gen, rewards, p, cfg.metrics.samples_n), step)
+            if cfg.trainer.checkpoint_every and step % cfg.trainer.checkpoint_every == 0 or step == cfg.trainer.steps:
+                with timer("checkpoint"):
+                    checkpoint.save(job_dir, step, model, tokenizer, {
+                        "step": step, "optimizer": opt.state_dict(), "sampler": sampler.state(),
+                        "torch_rng": torch.get_rng_state(), "evals": evals, "wandb_run_id": tracker.run_id})
+            elapsed = time.perf_counter() - t0
+            metrics.update(timer.times)
+            metrics["timing/step"] = elapsed
+            metrics["perf/tokens_per_s"] = 2 * gen.response_mask.sum().item() / elapsed
+            tracker.log(metrics, step)
+            last = metrics
+            bad_steps = bad_steps + 1 if metrics["optim/skipped"] == cfg.trainer.mini_batches else 0
+            if bad_steps >= cfg.trainer.max_bad_steps:
+                raise FloatingPointError(f"training diverged: every update of the last {bad_steps} steps had a "
+                                         "non-finite gradient norm (trainer.max_bad_steps)")
+            bar.set_postfix(reward=f"{metrics['train/reward_mean']:.2f}", entropy=f"{metrics['policy/entropy']:.3f}",
+                            eval=f"{evals[-1]['eval/mean']:.3f}" if evals else "-")
+        bar.close()
     return {"evals": evals, "last": last}

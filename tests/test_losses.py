@@ -23,6 +23,14 @@ def get_loss(name):
     return REGULARIZERS.get(name).loss
 
 
+def declared_targets(name, cfg, logits, tokens):
+    """The old (from detached ``logits``) and new (with gradient) targets regularizer ``name`` declares."""
+    reg = REGULARIZERS.get(name)
+    old = {k: fn(logits.detach(), tokens, {}) for k, fn in reg.old_targets(cfg).items()}
+    new = {k: fn(logits, tokens, old) for k, fn in reg.new_targets(cfg).items()}
+    return old, new
+
+
 def logits_of(probs, width=None):
     """Logits whose softmax is ``probs`` (zero-probability entries get a very negative logit)."""
     p = torch.tensor(probs, dtype=torch.float64)
@@ -39,7 +47,8 @@ def inputs(lp, adv, mask=None, old=None, proxy=None, **kw):
     if adv.dim() == 1:
         adv = adv[:, None].expand_as(old)
     proxy = None if proxy is None else torch.as_tensor(proxy, dtype=torch.float64)
-    return LossInputs(log_prob=lp, old_log_prob=old, advantages=adv, response_mask=mask, proxy_log_prob=proxy, **kw)
+    targets = {"old": {"proxy_log_prob": proxy}} if proxy is not None else {}
+    return LossInputs(log_prob=lp, old_log_prob=old, advantages=adv, response_mask=mask, **targets, **kw)
 
 
 # ---- TV1: proxy construction ------------------------------------------------------------------------------
@@ -68,7 +77,7 @@ def test_tv1_fixed_mode_is_absolute():
 def test_tv1_proxy_log_prob_at_sampled_tokens_and_tail_mass():
     logits = logits_of([0.60, 0.25, 0.10, 0.04, 0.01])[None, None].expand(1, 2, 5)  # [B=1, T=2, V]
     tokens = torch.tensor([[3, 4]])
-    lp = proxy_log_prob(logits, tokens, kappa=0.02, chunk=1)  # chunk=1 exercises the row-chunking
+    lp = proxy_log_prob(logits, tokens, kappa=0.02)
     assert math.isclose(lp[0, 0].exp().item(), 0.040404, abs_tol=1e-6)
     assert lp[0, 1].item() < FILTERED / 2  # filtered token: about -1e4 in log space
     assert torch.allclose(tail_mass(logits, 0.02), torch.full((1, 2), 0.01, dtype=torch.float64))
@@ -130,10 +139,11 @@ def test_forward_kl_divergence_switch_uses_full_distributions():
     logits = logits_of(dist)[None, None].expand(1, 2, 5).clone().requires_grad_(True)
     lp = torch.log_softmax(logits, -1).gather(-1, torch.tensor([[3, 3]])[..., None])[..., 0]
     old = lp.detach()
-    proxy = proxy_log_prob(logits.detach(), torch.tensor([[3, 3]]), 0.02).double()
+    cfg = lpreg(rho=1.0, divergence="forward_kl")
+    old_t, new_t = declared_targets("lpreg", cfg, logits, torch.tensor([[3, 3]]))
     inp = LossInputs(lp, old, torch.full((1, 2), -0.5, dtype=torch.float64), torch.ones(1, 2, dtype=torch.float64),
-                     proxy_log_prob=proxy, logits=logits, old_logits=logits.detach())
-    loss, m = get_loss("lpreg")(inp, lpreg(rho=1.0, divergence="forward_kl"))
+                     old=old_t, new=new_t)
+    loss, m = get_loss("lpreg")(inp, cfg)
     assert m["lpreg/regularized"] == 2
     # on-policy: each kept token adds -ln Z = 0.0100503; pg part is |A| = 0.5 per token
     assert math.isclose(loss.item(), 0.5 + 0.0100503, rel_tol=1e-5)
@@ -224,7 +234,7 @@ def test_positive_selection_is_off_by_default_and_switchable():
 def test_batch_scope_uses_the_given_threshold():
     lp = torch.log(torch.tensor([[0.01, 0.02, 0.03, 0.5]], dtype=torch.float64))
     proxy = torch.zeros(1, 4, dtype=torch.float64)
-    inp = inputs(lp, [-1.0], proxy=proxy, delta_log_prob=math.log(0.025))
+    inp = inputs(lp, [-1.0], proxy=proxy, rollout={"delta_log_prob": math.log(0.025)})
     _, m = get_loss("lpreg")(inp, lpreg(scope="batch"))
     assert m["lpreg/candidates"] == 2 and math.isclose(m["lpreg/delta"], 0.02, rel_tol=1e-6)
 
@@ -279,7 +289,7 @@ def test_vectorized_lpreg_matches_slow_loop(seed):
     cfg = lpreg(rho=0.3, beta=0.7)
 
     lp1 = lp.clone().requires_grad_(True)
-    fast, _ = get_loss("lpreg")(LossInputs(lp1, old, adv, mask, proxy_log_prob=proxy), cfg)
+    fast, _ = get_loss("lpreg")(LossInputs(lp1, old, adv, mask, old={"proxy_log_prob": proxy}), cfg)
     fast.backward()
     lp2 = lp.clone().requires_grad_(True)
     slow = slow_lpreg(lp2, old, adv, mask, proxy, 0.3, 0.7, 1.0, 9.0)
@@ -348,7 +358,7 @@ def test_ppo_clip_none_and_clip_higher():
 
 def test_entropy_bonus_subtracts_coef_times_token_mean_entropy():
     ent = torch.tensor([[1.0, 3.0, 100.0]], dtype=torch.float64, requires_grad=True)
-    inp = inputs([[-1.0, -1.0, -1.0]], [0.0], mask=[[1, 1, 0]], entropy=ent)
+    inp = inputs([[-1.0, -1.0, -1.0]], [0.0], mask=[[1, 1, 0]], new={"entropy": ent})
     loss, m = get_loss("entropy")(inp, EntropyConfig())
     assert math.isclose(loss.item(), -0.002 * 2.0, rel_tol=1e-6) and math.isclose(m["loss/reg"], -0.004, rel_tol=1e-6)
     loss.backward()
@@ -357,7 +367,7 @@ def test_entropy_bonus_subtracts_coef_times_token_mean_entropy():
 
 def test_highent_8020_keeps_only_the_top_entropy_tokens():
     ent = torch.tensor([[0.1, 0.9, 0.5, 0.2, 0.3, 0.8, 0.4, 0.05, 0.6, 0.7]], dtype=torch.float64)
-    inp = inputs(torch.full((1, 10), -1.0), [-1.0], entropy=ent)
+    inp = inputs(torch.full((1, 10), -1.0), [-1.0], new={"entropy": ent})
     loss, m = get_loss("highent_8020")(inp, HighEntConfig())
     loss.backward()
     assert torch.nonzero(inp.log_prob.grad[0]).flatten().tolist() == [1, 5]  # entropies 0.9 and 0.8
@@ -391,16 +401,15 @@ def test_every_loss_returns_pg_and_reg_parts_and_a_finite_scalar():
     g = torch.Generator().manual_seed(0)
     B, T, V = 8, 6, 11
     logits = torch.randn(B, T, V, generator=g, dtype=torch.float64, requires_grad=True)
-    logp = torch.log_softmax(logits, -1)
     tokens = torch.randint(0, V, (B, T), generator=g)
-    lp = logp.gather(-1, tokens[..., None])[..., 0]
-    ent = -(logp.exp() * logp).sum(-1)
-    inp = LossInputs(lp, lp.detach() - 0.05, torch.randn(B, generator=g, dtype=torch.float64)[:, None].expand(B, T),
-                     torch.ones(B, T, dtype=torch.float64), proxy_log_prob=proxy_log_prob(logits.detach(), tokens, 0.02),
-                     entropy=ent, logits=logits, old_logits=logits.detach())
+    lp = torch.log_softmax(logits, -1).gather(-1, tokens[..., None])[..., 0]
+    adv = torch.randn(B, generator=g, dtype=torch.float64)[:, None].expand(B, T)
     for reg in REGULARIZERS.entries():
-        name = reg.name
-        loss, m = reg.loss(inp, reg.config())
+        name, cfg = reg.name, reg.config()
+        old_t, new_t = declared_targets(name, cfg, logits, tokens)
+        inp = LossInputs(lp, lp.detach() - 0.05, adv, torch.ones(B, T, dtype=torch.float64), old=old_t, new=new_t,
+                         rollout=reg.rollout_targets(cfg, lp.detach().flatten(), adv.flatten()))
+        loss, m = reg.loss(inp, cfg)
         assert loss.dim() == 0 and torch.isfinite(loss), name
         assert {"loss/pg", "loss/reg", "policy/clipfrac"} <= set(m), name
         assert math.isclose(m["loss/pg"] + m["loss/reg"], loss.item(), rel_tol=1e-6, abs_tol=1e-9), name

@@ -2,23 +2,32 @@
 
 A regularizer is one registry entry (``Regularizer``): its typed config schema (a dataclass whose defaults are the
 option's values, each with its provenance), its loss (a pure function ``(LossInputs, cfg) -> (loss, metrics)``),
-the extra per-token targets it needs from the trainer (``needs``), and its display label and color (figures read
-them from here). ``lpreg/config.py`` registers every entry as a Hydra option of the ``regularizer`` group, so the
-entry is the only place a regularizer is named.
+the per-token targets it needs, and its display label and color (figures read them from here).
+``lpreg/config.py`` registers every entry as a Hydra option of the ``regularizer`` group, so the entry is the only
+place a regularizer is named; the trainer calls what the entry declares and reads none of its fields.
 
-Every loss returns a 0-d tensor and a dict of floats holding at least ``loss/pg``, ``loss/reg`` (their sum is the
-loss) and ``policy/clipfrac``. Shapes: ``[B, T]`` = responses × response positions, ``V`` = vocabulary.
-Extra targets a loss may declare in ``needs``: ``proxy`` (π_proxy at the sampled token, from π_old), ``entropy``
-(per-token entropy with gradient), ``logits`` (current temperature-scaled logits with gradient), ``old_logits``
-(π_old's temperature-scaled logits), ``delta`` (Lp-Reg ``scope: batch``: a log-probability threshold fixed over the
-rollout).
+Targets a regularizer declares (each a function of its config returning ``{name: fn}``):
+- ``old_targets``: ``fn(logits, tokens, old) -> [n, ...]`` on π_old's logits chunk in the no-grad pass (e.g.
+  Lp-Reg's log π_proxy(y)); the loss reads them as ``inp.old[name]`` (``[b, R, ...]``, detached).
+- ``new_targets``: the same on the current logits chunk, with gradient (recomputed in backward); ``old`` holds the
+  chunk's old targets (e.g. the sparse forward KL gathers log π_θ at π_old's survivors); read as ``inp.new[name]``.
+- ``rollout_targets``: ``fn(cfg, old_log_prob [N], advantages [N]) -> {name: value}`` once per rollout over all of
+  its response tokens (e.g. Lp-Reg's δ for ``scope: batch``); read as ``inp.rollout[name]``.
+To add a regularizer with a new per-token target, write its schema, loss and target functions in its own module
+and import that module at the end of this file (``tests/test_token_path.py`` defines one inside the test).
+
+Aggregation is exact over the mini-batch whatever the micro-batching: ``LossInputs.norm`` holds the mini-batch's
+token, sequence and row counts, so a micro-batch's loss is its share of the mini-batch loss and the micro-batch
+losses add up (verl's ``agg_loss`` with the global token count). Every loss returns a 0-d tensor and a dict of floats
+holding at least ``loss/pg``, ``loss/reg`` (their sum is the loss) and ``policy/clipfrac``. Shapes: ``[B, T]`` =
+responses × response positions, ``V`` = vocabulary.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -29,16 +38,30 @@ LOG_RATIO_CLAMP = 20.0  # |log r| is clamped before exp (as verl does) so a rati
 
 
 @dataclass(frozen=True)
+class Norm:
+    """Counts of the whole mini-batch (all its micro-batches, all ranks) that aggregation divides by."""
+
+    tokens: float  # response tokens
+    seqs: float  # sequences with at least one response token
+    rows: float  # sequences
+
+
+@dataclass(frozen=True)
 class LossInputs:
     log_prob: torch.Tensor  # [B, T] log π_θ(y), with gradient
     old_log_prob: torch.Tensor  # [B, T] log π_old(y)
     advantages: torch.Tensor  # [B, T]
     response_mask: torch.Tensor  # [B, T] 1 for response tokens, 0 for padding
-    proxy_log_prob: torch.Tensor | None = None  # [B, T] log π_proxy(y), detached
-    entropy: torch.Tensor | None = None  # [B, T] full-vocabulary entropy at T, with gradient
-    logits: torch.Tensor | None = None  # [B, T, V] current logits at T, with gradient
-    old_logits: torch.Tensor | None = None  # [B, T, V] π_old logits at T, detached
-    delta_log_prob: float | None = None  # log-prob δ fixed over the rollout (Lp-Reg ``scope: batch``)
+    old: dict[str, torch.Tensor] = field(default_factory=dict)  # declared π_old targets, [B, T, ...], detached
+    new: dict[str, torch.Tensor] = field(default_factory=dict)  # declared current targets, [B, T, ...], with grad
+    rollout: dict[str, Any] = field(default_factory=dict)  # declared per-rollout values
+    norm: Norm | None = None  # mini-batch counts; None = this call is the whole mini-batch
+
+    def counts(self) -> Norm:
+        if self.norm is not None:
+            return self.norm
+        m = self.response_mask
+        return Norm(float(m.sum()), float((m.sum(-1) > 0).sum()), float(m.shape[0]))
 
 
 LossFn = Callable[[LossInputs, Any], tuple[torch.Tensor, dict[str, float]]]
@@ -58,6 +81,9 @@ class PPOClipConfig(RegularizerConfig):
     clip_high: float = 0.2  # ε_high (same)
 
 
+NO_TARGETS: Callable[[Any], dict] = lambda cfg: {}
+
+
 @dataclass(frozen=True)
 class Regularizer:
     name: str
@@ -65,18 +91,19 @@ class Regularizer:
     loss: LossFn
     label: str  # display name in figures and tables
     color: str  # line color in figures
-    needs: Callable[[Any], frozenset[str]] = lambda cfg: frozenset()  # extra targets under a config
+    old_targets: Callable[[Any], dict] = NO_TARGETS  # cfg -> {name: TokenFn} on π_old's logits, no grad
+    new_targets: Callable[[Any], dict] = NO_TARGETS  # cfg -> {name: TokenFn} on the current logits, with grad
+    rollout_targets: Callable[..., dict] = lambda cfg, old_log_prob, adv: {}  # once per rollout
 
 
 REGULARIZERS: Registry[Regularizer] = Registry("regularizer")
 
 
-def register(name: str, config: type, label: str, color: str,
-             needs: Callable[[Any], frozenset[str]] = lambda cfg: frozenset()) -> Callable[[LossFn], LossFn]:
-    """Decorator: register ``fn`` as the loss of regularizer ``name`` with its schema, label and color."""
+def register(name: str, config: type, label: str, color: str, **targets) -> Callable[[LossFn], LossFn]:
+    """Decorator: register ``fn`` as the loss of regularizer ``name`` with its schema, label, color and targets."""
 
     def deco(fn: LossFn) -> LossFn:
-        REGULARIZERS.register(name)(Regularizer(name, config, fn, label, color, needs))
+        REGULARIZERS.register(name)(Regularizer(name, config, fn, label, color, **targets))
         return fn
 
     return deco
@@ -86,29 +113,39 @@ def register(name: str, config: type, label: str, color: str,
 
 
 def masked_mean(x: torch.Tensor, mask: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
-    """Σ m·x / (Σ m + eps): the reference's token-mean."""
+    """Σ m·x / (Σ m + eps): the reference's token-mean over one tensor (metrics)."""
     return (x * mask).sum() / (mask.sum() + eps)
 
 
-def _seq_mean_token_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+def _token_mean(x: torch.Tensor, mask: torch.Tensor, n: Norm) -> torch.Tensor:
+    return (x * mask).sum() / (n.tokens + 1e-8)
+
+
+def _seq_mean_token_mean(x: torch.Tensor, mask: torch.Tensor, n: Norm) -> torch.Tensor:
     per_seq = (x * mask).sum(-1) / mask.sum(-1).clamp_min(1)  # [B]
     has = (mask.sum(-1) > 0).to(x.dtype)  # [B]
-    return (per_seq * has).sum() / has.sum().clamp_min(1)
+    return (per_seq * has).sum() / max(n.seqs, 1.0)
 
 
-def _seq_mean_token_sum(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    return (x * mask).sum(-1).mean()
+def _seq_mean_token_sum(x: torch.Tensor, mask: torch.Tensor, n: Norm) -> torch.Tensor:
+    return (x * mask).sum() / max(n.rows, 1.0)
 
 
-AGGREGATIONS = {"token-mean": masked_mean, "seq-mean-token-mean": _seq_mean_token_mean,
+AGGREGATIONS = {"token-mean": _token_mean, "seq-mean-token-mean": _seq_mean_token_mean,
                 "seq-mean-token-sum": _seq_mean_token_sum}
 
 
-def aggregate(x: torch.Tensor, mask: torch.Tensor, mode: str) -> torch.Tensor:
-    """Reduce a per-token loss ``[B, T]`` to a scalar: token-mean, seq-mean-token-mean or seq-mean-token-sum."""
+def aggregate(x: torch.Tensor, mask: torch.Tensor, mode: str, norm: Norm | None = None) -> torch.Tensor:
+    """Reduce a per-token loss ``[B, T]`` to a scalar: token-mean, seq-mean-token-mean or seq-mean-token-sum.
+
+    ``norm`` holds the mini-batch's counts when this tensor is one micro-batch of it (the result is then its share
+    of the mini-batch value); None = the tensor is the whole mini-batch.
+    """
     if mode not in AGGREGATIONS:
         raise KeyError(f"unknown loss aggregation {mode!r} (regularizer.loss_agg); valid: {', '.join(AGGREGATIONS)}")
-    return AGGREGATIONS[mode](x, mask)
+    if norm is None:
+        norm = Norm(float(mask.sum()), float((mask.sum(-1) > 0).sum()), float(mask.shape[0]))
+    return AGGREGATIONS[mode](x, mask, norm)
 
 
 def ratio(log_prob: torch.Tensor, old_log_prob: torch.Tensor) -> torch.Tensor:

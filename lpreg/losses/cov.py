@@ -5,6 +5,8 @@ cov_t = (A_t − mean A)(log π_θ,t − mean log π_θ), plain means over valid
 - ``kl_cov``: the top-k tokens by cov, k = max(1, floor(N·k_percent/100)) (k_percent is in **percent**),
   get ℓ = −A r + λ|log π_θ − log π_old|; all other tokens get plain −A r (no clipping). On-policy |log r| = 0
   with zero (sub)gradient, so KL-Cov reduces to unclipped PG (why the paper runs it off-policy only).
+Both select per micro-batch (the reference's per-GPU micro-batches) and aggregate over the whole mini-batch.
+
 - ``clip_cov``: PPO-clip; among valid, not-PPO-clipped tokens with lb < cov < ub, up to
   max(1, floor(clip_ratio·N)) tokens chosen uniformly at random (torch's global RNG, seeded by the run) get
   their loss multiplied by 0. ``policy/clipfrac`` is the fraction zeroed.
@@ -57,7 +59,7 @@ def kl_cov_loss(inp: LossInputs, cfg: KLCovConfig):
     cov = token_covariance(inp.advantages, inp.log_prob, mask)  # [B, T]
     sel = select_extreme(cov, valid, fraction_count(cfg.k_percent / 100, int(valid.sum())), largest=True)
     kl_t = cfg.kl_coef * (inp.log_prob - inp.old_log_prob).abs() * sel
-    pg, reg = aggregate(pg_t, mask, cfg.loss_agg), aggregate(kl_t, mask, cfg.loss_agg)
+    pg, reg = aggregate(pg_t, mask, cfg.loss_agg, inp.norm), aggregate(kl_t, mask, cfg.loss_agg, inp.norm)
     metrics = pg_metrics(pg, reg, torch.zeros(()))
     metrics["kl_cov/selected"] = float(sel.sum())
     return pg + reg, metrics
@@ -87,5 +89,5 @@ def clip_cov_loss(inp: LossInputs, cfg: ClipCovConfig):
     keep = torch.ones_like(loss_t).flatten()
     keep[chosen] = 0.0
     keep = keep.view_as(loss_t)
-    pg = aggregate(loss_t * keep, mask, cfg.loss_agg)
+    pg = aggregate(loss_t * keep, mask, cfg.loss_agg, inp.norm)
     return pg, pg_metrics(pg, torch.zeros(()), masked_mean(1 - keep, mask))

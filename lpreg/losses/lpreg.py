@@ -14,17 +14,24 @@ if π_θ(y) < π_proxy(y) strictly (drops filtered "noise", whose proxy is ~e^-1
 (token-mean, the reference's).
 
 Switches beyond the reference (each off by default):
-- ``scope: batch``: the candidates are the negative tokens with π_θ(y) <= δ, where δ (``LossInputs.delta_log_prob``)
-  is fixed per rollout by ``rollout_delta`` as the k-th smallest π_old(y) over all negative tokens of the rollout
-  (same k rule). On-policy it equals ``micro_batch`` over the whole rollout; it makes selection independent of
-  how the rollout is cut into mini-batches.
+- ``scope: batch``: the candidates are the negative tokens with π_θ(y) <= δ, where δ (a rollout target) is fixed
+  per rollout as the k-th smallest π_old(y) over all negative tokens of the rollout (same k rule). On-policy it
+  equals ``micro_batch`` selection over the whole rollout; it makes selection independent of how the rollout is cut
+  into mini-batches, micro-batches and ranks.
 - ``rho_pos > 0``: the same selection and regularizer on positive-advantage tokens (the reference's
   ``logp_pos_k_percent``).
-- ``divergence: forward_kl``: Reg tokens get the full-vocabulary KL(π_proxy‖π_θ) built from π_old's logits
-  instead of k3; the selection and the unclipped −A r stay as in the code.
-Departures from the reference: our mini-batch is a single micro-batch, so "per micro-batch" selection is per
-mini-batch. Numerics: D_t is computed only at Reg tokens and the log-ratio is clamped before ``exp``, so
-filtered tokens (proxy ≈ −1e4) cannot produce NaN gradients.
+- ``divergence: forward_kl``: Reg tokens get the full-vocabulary KL(π_proxy‖π_θ) instead of k3; the selection and
+  the unclipped −A r stay as in the code. The proxy is stored sparsely: π_old's min-p survivors as (index,
+  probability) pairs, padded to the most survivors of a token in its chunk (at most ⌈1/(κ·p_max)⌉ per token, so
+  ⌈1/κ⌉ where π_old is confident; a flat distribution keeps more), and log π_θ is gathered at those indices.
+
+Targets (``lpreg/losses/__init__.py``): ``proxy_log_prob`` from π_old's logits (the reference's no-grad pass: on-policy
+the same forward as the old log-probs, no extra pass); for ``forward_kl`` also ``proxy_idx``/``proxy_q`` and, from
+the current logits, ``proxy_logp``; for ``scope: batch`` the rollout value ``delta_log_prob``.
+Which tokens compete in the selection: ``scope: micro_batch`` selects per micro-batch, as the reference does per GPU
+micro-batch, so it depends on ``trainer.max_tokens_per_micro_batch`` (0 = one micro-batch per mini-batch: selection
+per mini-batch) and on the number of ranks; ``scope: batch`` does not. Numerics: D_t is computed only at Reg tokens
+and the log-ratio is clamped before ``exp``, so filtered tokens (proxy ≈ −1e4) cannot produce NaN gradients.
 """
 
 from __future__ import annotations
@@ -48,7 +55,7 @@ from lpreg.losses import (
     register,
     select_extreme,
 )
-from lpreg.proxy import proxy_distribution
+from lpreg.proxy import proxy_distribution, proxy_log_prob, proxy_support
 
 
 @dataclass
@@ -70,21 +77,44 @@ class LpRegConfig(PPOClipConfig):
     divergence: str = "k3"  # k3 (reference code) | forward_kl (paper Eq. 6, full-vocabulary KL(π_proxy‖π_θ))
 
 
-def _needs(cfg: LpRegConfig) -> frozenset[str]:
-    needs = {"proxy"}
+def old_targets(cfg: LpRegConfig) -> dict:
+    out = {"proxy_log_prob": lambda logits, tokens, old: proxy_log_prob(logits, tokens, cfg.kappa, cfg.mode)}
     if cfg.divergence == "forward_kl":
-        needs |= {"logits", "old_logits"}
-    if cfg.scope == "batch":
-        needs.add("delta")
-    return frozenset(needs)
+        out["proxy_idx"] = lambda logits, tokens, old: proxy_support(logits, cfg.kappa, cfg.mode)[0]
+        out["proxy_q"] = lambda logits, tokens, old: proxy_support(logits, cfg.kappa, cfg.mode)[1]
+    return out
+
+
+def new_targets(cfg: LpRegConfig) -> dict:
+    if cfg.divergence != "forward_kl":
+        return {}
+    return {"proxy_logp": lambda logits, tokens, old: torch.log_softmax(logits, -1).gather(-1, old["proxy_idx"])}
+
+
+def rollout_targets(cfg: LpRegConfig, old_log_prob: torch.Tensor, adv: torch.Tensor) -> dict:
+    """δ for ``scope: batch``: the k-th smallest log π_old(y) over the rollout's negative tokens (−inf if k <= 1)."""
+    if cfg.scope != "batch":
+        return {}
+    pool = adv < 0
+    k = fraction_count(cfg.rho, int(pool.sum()))
+    delta = -math.inf if k <= 1 else old_log_prob[pool].sort().values[k - 1].item()
+    return {"delta_log_prob": delta}
 
 
 def forward_kl(logits: torch.Tensor, old_logits: torch.Tensor, kappa: float, mode: str) -> torch.Tensor:
-    """KL(π_proxy ‖ π_θ) per row: ``logits`` (current, with grad) and ``old_logits`` ``[N, V]`` -> ``[N]``."""
+    """KL(π_proxy ‖ π_θ) per row from dense logits (current with grad, π_old's) ``[N, V]`` -> ``[N]``: the
+    reference formula the sparse form (``sparse_forward_kl``) is tested against."""
     proxy = proxy_distribution(old_logits.detach(), kappa, mode).to(logits.dtype)  # [N, V]
     log_p = torch.log_softmax(logits, -1)  # [N, V]
     log_q = torch.log(proxy.clamp_min(torch.finfo(proxy.dtype).tiny))
     return (proxy * (log_q - log_p)).sum(-1)
+
+
+def sparse_forward_kl(q: torch.Tensor, logp: torch.Tensor) -> torch.Tensor:
+    """KL(π_proxy ‖ π_θ) = Σ_k q_k (log q_k − log π_θ(o_k)) over π_old's survivors: ``[N, K]`` -> ``[N]``
+    (padding entries have q = 0 and add nothing)."""
+    log_q = torch.log(q.clamp_min(torch.finfo(q.dtype).tiny))
+    return torch.where(q > 0, q * (log_q - logp), torch.zeros_like(q)).sum(-1)
 
 
 def _candidates(lp: torch.Tensor, pool: torch.Tensor, rho: float, delta: float | None) -> torch.Tensor:
@@ -97,7 +127,8 @@ def _candidates(lp: torch.Tensor, pool: torch.Tensor, rho: float, delta: float |
     return select_extreme(lp, pool, k)
 
 
-@register("lpreg", LpRegConfig, label="Lp-Reg", color="#1f77b4", needs=_needs)
+@register("lpreg", LpRegConfig, label="Lp-Reg", color="#1f77b4", old_targets=old_targets, new_targets=new_targets,
+          rollout_targets=rollout_targets)
 def lpreg_loss(inp: LossInputs, cfg: LpRegConfig):
     """Lp-Reg loss (module docstring): PPO [0, 10] everywhere, −A r + β·D on the regularized tokens."""
     mask, adv = inp.response_mask, inp.advantages
@@ -106,20 +137,21 @@ def lpreg_loss(inp: LossInputs, cfg: LpRegConfig):
     r = ratio(inp.log_prob, inp.old_log_prob)  # [B, T]
     pg_t, clipped = ppo_clip(r, adv, cfg.clip_low, cfg.clip_high)  # [B, T]
 
-    delta = inp.delta_log_prob if cfg.scope == "batch" else None
+    delta = inp.rollout["delta_log_prob"] if cfg.scope == "batch" else None
+    proxy = inp.old["proxy_log_prob"]  # [B, T]
     cand = _candidates(lp, valid & (adv < 0), cfg.rho, delta)
     if cfg.rho_pos > 0:
         cand = cand | _candidates(lp, valid & (adv > 0), cfg.rho_pos, None)
-    reg = cand & (lp < inp.proxy_log_prob)  # [B, T] strict: filtered noise never passes
+    reg = cand & (lp < proxy)  # [B, T] strict: filtered noise never passes
 
-    log_rho = inp.proxy_log_prob[reg] - inp.log_prob[reg]  # [n_reg], only at regularized tokens
+    log_rho = proxy[reg] - inp.log_prob[reg]  # [n_reg], only at regularized tokens
     if cfg.divergence == "forward_kl":
-        div = forward_kl(inp.logits[reg], inp.old_logits[reg], cfg.kappa, cfg.mode)
+        div = sparse_forward_kl(inp.old["proxy_q"][reg], inp.new["proxy_logp"][reg])
     else:
         div = k3(log_rho)
     pg_t = torch.where(reg, -adv * r, pg_t)  # unclipped on regularized tokens
     reg_t = torch.zeros_like(pg_t).masked_scatter(reg, cfg.beta * div)  # [B, T]
-    pg, reg_loss = aggregate(pg_t, mask, cfg.loss_agg), aggregate(reg_t, mask, cfg.loss_agg)
+    pg, reg_loss = aggregate(pg_t, mask, cfg.loss_agg, inp.norm), aggregate(reg_t, mask, cfg.loss_agg, inp.norm)
 
     n_cand, n_reg = int(cand.sum()), int(reg.sum())
     metrics = pg_metrics(pg, reg_loss, masked_mean((clipped & ~reg).to(pg_t.dtype), mask))
@@ -130,15 +162,7 @@ def lpreg_loss(inp: LossInputs, cfg: LpRegConfig):
         "lpreg/delta": lp[cand].max().exp().item() if n_cand else math.nan,
         "lpreg/div_mean": div.mean().item() if n_reg else math.nan,
         "lpreg/proxy_ratio_mean": log_rho.detach().clamp(max=20).exp().mean().item() if n_reg else math.nan,
-        "lpreg/noise_frac": float((cand & (inp.proxy_log_prob < -1e3)).sum()) / n_cand if n_cand else math.nan,
+        "lpreg/noise_frac": float((cand & (proxy < -1e3)).sum()) / n_cand if n_cand else math.nan,
     })
     return pg + reg_loss, metrics
 
-
-def rollout_delta(old_log_prob: torch.Tensor, adv: torch.Tensor, mask: torch.Tensor, cfg: LpRegConfig) -> float:
-    """δ for ``scope: batch``: the k-th smallest log π_old(y) over the rollout's negative tokens (−inf if k <= 1)."""
-    pool = (mask > 0) & (adv < 0)
-    k = fraction_count(cfg.rho, int(pool.sum()))
-    if k <= 1:
-        return -math.inf
-    return old_log_prob[pool].sort().values[k - 1].item()

@@ -5,7 +5,8 @@
   (spec: unspecified for the Lp-Reg paper).
 - ``entropy``: PPO-clip minus ``entropy_coef`` × the aggregated full-vocabulary entropy at T (with gradient).
 - ``highent_8020``: PPO-clip on the top ``top_frac`` of valid tokens by detached entropy, count
-  max(1, floor(top_frac·N)), token-mean over the survivors.
+  max(1, floor(top_frac·N)), token-mean over the survivors. Selection is per micro-batch (the reference's); with
+  several micro-batches each one's mean over its survivors is weighted by its share of the mini-batch's tokens.
 - ``gspo``: sequence-level ratio s_i = exp(mean_t log r), token ratio sg[s_i]·π_θ/sg[π_θ] (log clamped at ≤ 10),
   clip [1-ε_low, 1+ε_high] with the GSPO paper's 3e-4/4e-4, aggregated seq-mean-token-mean (``loss_agg``).
 """
@@ -18,6 +19,7 @@ import torch
 
 from lpreg.losses import (
     LossInputs,
+    Norm,
     PPOClipConfig,
     aggregate,
     fraction_count,
@@ -28,13 +30,14 @@ from lpreg.losses import (
     register,
     select_extreme,
 )
+from lpreg.metrics import token_entropy
 
 
-def _ppo(inp: LossInputs, cfg: PPOClipConfig, mask=None):
-    mask = inp.response_mask if mask is None else mask
+def _ppo(inp: LossInputs, cfg: PPOClipConfig, mask=None, norm=None):
+    mask, norm = (inp.response_mask, inp.norm) if mask is None else (mask, norm)
     loss_t, clipped = ppo_clip(ratio(inp.log_prob, inp.old_log_prob), inp.advantages, cfg.clip_low,
                                cfg.clip_high)  # [B, T]
-    pg = aggregate(loss_t, mask, cfg.loss_agg)
+    pg = aggregate(loss_t, mask, cfg.loss_agg, norm)
     return pg, masked_mean(clipped.to(loss_t.dtype), mask).detach()
 
 
@@ -65,11 +68,16 @@ class EntropyConfig(PPOClipConfig):
     entropy_coef: float = 0.002  # paper §5.1.2
 
 
-@register("entropy", EntropyConfig, label="GRPO + entropy", color="#2ca02c", needs=lambda cfg: frozenset({"entropy"}))
+def entropy_target(cfg) -> dict:
+    """The full-vocabulary entropy at T of the current policy, with its gradient (``inp.new["entropy"]``)."""
+    return {"entropy": lambda logits, tokens, old: token_entropy(logits)}
+
+
+@register("entropy", EntropyConfig, label="GRPO + entropy", color="#2ca02c", new_targets=entropy_target)
 def entropy_bonus_loss(inp: LossInputs, cfg: EntropyConfig):
     """L = PPO-clip − c · aggregate(H_t), H_t the full-vocabulary entropy at T (with gradient)."""
     pg, clipfrac = _ppo(inp, cfg)
-    reg = -cfg.entropy_coef * aggregate(inp.entropy, inp.response_mask, cfg.loss_agg)
+    reg = -cfg.entropy_coef * aggregate(inp.new["entropy"], inp.response_mask, cfg.loss_agg, inp.norm)
     return pg + reg, pg_metrics(pg, reg, clipfrac)
 
 
@@ -80,13 +88,15 @@ class HighEntConfig(PPOClipConfig):
     # clip: Wang et al. pair 80/20 with clip-higher 0.28; unspecified in the Lp-Reg paper, we keep 0.2/0.2
 
 
-@register("highent_8020", HighEntConfig, label="80/20", color="#e377c2", needs=lambda cfg: frozenset({"entropy"}))
+@register("highent_8020", HighEntConfig, label="80/20", color="#e377c2", new_targets=entropy_target)
 def highent_loss(inp: LossInputs, cfg: HighEntConfig):
     """PPO-clip on the top-``top_frac`` tokens by detached entropy only (Wang et al., "80/20")."""
     valid = inp.response_mask > 0
-    keep = select_extreme(inp.entropy, valid, fraction_count(cfg.top_frac, int(valid.sum())), largest=True)
+    keep = select_extreme(inp.new["entropy"], valid, fraction_count(cfg.top_frac, int(valid.sum())), largest=True)
     mask = keep.to(inp.response_mask.dtype) * inp.response_mask  # [B, T]
-    pg, clipfrac = _ppo(inp, cfg, mask)
+    n, here = inp.counts(), float(valid.sum())  # this micro-batch's survivors stand for its share of the tokens
+    kept = float(mask.sum()) * n.tokens / here if here else 1.0
+    pg, clipfrac = _ppo(inp, cfg, mask, Norm(kept, n.seqs, n.rows))
     metrics = pg_metrics(pg, torch.zeros(()), clipfrac)
     metrics["highent/kept"] = float(mask.sum())
     return pg, metrics
@@ -108,5 +118,5 @@ def gspo_loss(inp: LossInputs, cfg: GSPOConfig):
     seq_log_r = (log_r * mask).sum(-1) / mask.sum(-1).clamp_min(1)  # [B]
     tok_log_r = (seq_log_r.detach()[:, None] + inp.log_prob - inp.log_prob.detach()).clamp(max=10.0)  # [B, T]
     loss_t, clipped = ppo_clip(torch.exp(tok_log_r), inp.advantages, cfg.clip_low, cfg.clip_high)
-    pg = aggregate(loss_t, mask, cfg.loss_agg)
+    pg = aggregate(loss_t, mask, cfg.loss_agg, inp.norm)
     return pg, pg_metrics(pg, torch.zeros(()), masked_mean(clipped.to(loss_t.dtype), mask))

@@ -26,9 +26,14 @@ class EvalSet:
 
 
 class Task:
-    """Interface every task implements. ``reward`` returns 1.0 for a correct response, else 0.0."""
+    """Interface every task implements. ``reward`` returns 1.0 for a correct response, else 0.0.
+
+    ``reward`` runs in grading worker processes (``lpreg/rewards.py``), so a task must be picklable; the three
+    ``reward_*`` hooks below tune how it is graded and have safe defaults.
+    """
 
     name: str
+    reward_preload: tuple[str, ...] = ()  # modules the reward imports; the workers' fork server imports them once
 
     def train_problems(self) -> list[Problem]:
         raise NotImplementedError
@@ -38,6 +43,13 @@ class Task:
 
     def reward(self, response: str, problem: Problem, finished: bool) -> float:
         raise NotImplementedError
+
+    def reward_key(self, response: str, problem: Problem, finished: bool) -> object:
+        """A value that determines ``reward(response, problem, finished)``: the grading cache's key."""
+        return response, problem.answer, finished
+
+    def reward_warmup(self) -> None:
+        """Run once in each grading worker before its first response (lazy imports, first-call set-up)."""
 
     def cache_key(self) -> str:
         """A string identifying everything that shapes the task's data (used by the warm-up cache)."""
