@@ -282,7 +282,7 @@ cmd_status() {
   for d in munged mariadbd slurmdbd slurmctld slurmd postgres; do
     if pid=$(alive_pid "$d"); then echo "$d: running (pid $pid)"; else echo "$d: stopped"; rc=1; fi
   done
-  [[ $rc -eq 0 ]] && sinfo -N -o "node %N: %T, %c CPUs, %m MB, partition %P"
+  [[ $rc -eq 0 ]] && sinfo -h -N -o "node %N: %T, %c CPUs, %m MB, partition %P"
   return $rc
 }
 
