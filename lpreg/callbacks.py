@@ -73,7 +73,7 @@ def write_summary(sweep_dir: Path, ended: bool = True) -> list[dict[str, Any]]:
 
 
 def report(sweep_dir: Path, in_sweep: bool) -> list[str]:
-    """Write and print the summary; return the jobs that did not complete (``running`` ones too in a sweep)."""
+    """Write and print the summary; return the jobs that did not complete."""
     rows = write_summary(sweep_dir, ended=not in_sweep)
     print(f"\nmultirun summary ({sweep_dir}/multirun_summary.md):\n" + markdown(rows), flush=True)
     failed = [r["job"] for r in rows if r["status"] not in ("completed", "pruned")]
