@@ -10,10 +10,17 @@ start (the time to compose one job's config) that file holds the values in clear
 ``MultirunSummary`` reads every ``<job>/summary.json`` under the multirun folder and writes ``multirun_summary.csv`` and
 ``multirun_summary.md`` (final and best held-out ``eval/mean``, final entropy, status, wall time), prints the
 Markdown table, and makes the multirun exit non-zero if any job failed (after all jobs ran).
+
+A job stopped from outside (SLURM's ``scancel``, a time limit, the out-of-memory killer) leaves a job folder with no
+``summary.json`` or with one that still says ``running``; at the end of a plain multirun such a job is ``failed``.
+(In a sweep other workers may share the folder, so ``running`` stays as it is there; the study records the trial.)
+When the launcher raises instead of returning (submitit raises for a job that SLURM killed), Hydra skips
+``on_multirun_end`` and exits with status 1; the summary is then written at interpreter exit.
 """
 
 from __future__ import annotations
 
+import atexit
 import json
 import logging
 import sys
@@ -31,13 +38,25 @@ log = logging.getLogger("lpreg")
 COLUMNS = ["job", "regularizer", "seed", "status", "final_acc", "best_acc", "final_entropy", "wall_time_s"]
 
 
-def collect(sweep_dir: Path) -> list[dict[str, Any]]:
-    """One row per job folder that holds a summary.json, sorted by regularizer, seed and folder."""
+def job_dirs(sweep_dir: Path) -> list[Path]:
+    """The job folders of a multirun: those Hydra wrote ``.hydra/`` into, or that hold a summary.json."""
+    return sorted(p for p in Path(sweep_dir).iterdir()
+                  if p.is_dir() and ((p / ".hydra").is_dir() or (p / "summary.json").is_file()))
+
+
+def collect(sweep_dir: Path, ended: bool = True) -> list[dict[str, Any]]:
+    """One row per job folder, sorted by regularizer, seed and folder.
+
+    A folder without summary.json is ``failed``; so is a ``running`` summary when ``ended`` (all jobs were over).
+    """
     rows = []
-    for path in sorted(Path(sweep_dir).glob("*/summary.json")):
-        s = json.loads(path.read_text())
+    for job in job_dirs(sweep_dir):
+        path = job / "summary.json"
+        s = json.loads(path.read_text()) if path.is_file() else {"status": "failed"}
+        if ended and s.get("status") == "running":
+            s["status"] = "failed"
         rows.append(redact({
-            "job": path.parent.name, "regularizer": s.get("regularizer"), "seed": s.get("seed"),
+            "job": job.name, "regularizer": s.get("regularizer"), "seed": s.get("seed"),
             "status": s.get("status"), "final_acc": s.get("final", {}).get("eval/mean"),
             "best_acc": s.get("best", {}).get("eval/mean"),
             "final_entropy": s.get("last_train", {}).get("policy/entropy"), "wall_time_s": s.get("wall_time_s"),
@@ -51,10 +70,10 @@ def markdown(rows: list[dict[str, Any]]) -> str:
     return md_table(COLUMNS, [[fmt(r[c]) for c in COLUMNS] for r in rows])
 
 
-def write_summary(sweep_dir: Path) -> list[dict[str, Any]]:
+def write_summary(sweep_dir: Path, ended: bool = True) -> list[dict[str, Any]]:
     import csv
 
-    rows = collect(sweep_dir)
+    rows = collect(sweep_dir, ended)
     with open(Path(sweep_dir) / "multirun_summary.csv", "w", newline="") as fh:
         writer = csv.DictWriter(fh, fieldnames=COLUMNS)
         writer.writeheader()
@@ -88,14 +107,36 @@ class MaskSecrets(Callback):
             rewrite_masked_yaml(path)
 
 
+def report(sweep_dir: Path, in_sweep: bool) -> list[str]:
+    """Write and print the summary; return the jobs that did not complete."""
+    rows = write_summary(sweep_dir, ended=not in_sweep)
+    print(f"\nmultirun summary ({sweep_dir}/multirun_summary.md):\n" + markdown(rows), flush=True)
+    failed = [r["job"] for r in rows if r["status"] not in ("completed", "pruned")]
+    if failed and not in_sweep:  # in a sweep, failed trials are recorded by the study
+        print(f"error: {len(failed)} of {len(rows)} jobs did not complete: {', '.join(failed)} "
+              f"(see their summary.json and log under {sweep_dir})", file=sys.stderr, flush=True)
+    return failed
+
+
 class MultirunSummary(Callback):
+    def __init__(self) -> None:
+        self.sweep_dir: Path | None = None
+        self.in_sweep = False
+        self.ended = False
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        # Resolved now: ${now:...} in hydra.sweep.dir must not be evaluated again at exit.
+        self.sweep_dir, self.in_sweep = Path(config.hydra.sweep.dir), config.get("sweep") is not None
+        atexit.register(self._at_exit)
+
+    def _at_exit(self) -> None:
+        """The launcher raised (Hydra already exits with status 1): summarize what the job folders show."""
+        if not self.ended and self.sweep_dir is not None and self.sweep_dir.is_dir():
+            print("the launcher stopped with an error (above); summarizing the job folders", file=sys.stderr)
+            report(self.sweep_dir, self.in_sweep)
+
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
-        sweep_dir = Path(config.hydra.sweep.dir)
-        rows = write_summary(sweep_dir)
-        print(f"\nmultirun summary ({sweep_dir}/multirun_summary.md):\n" + markdown(rows), flush=True)
-        failed = [r["job"] for r in rows if r["status"] not in ("completed", "pruned")]
-        if failed and config.get("sweep") is None:  # in a sweep, failed trials are recorded by the study
+        self.ended = True
+        if report(Path(config.hydra.sweep.dir), config.get("sweep") is not None) and config.get("sweep") is None:
             # Hydra turns exceptions raised in callbacks into warnings, so exit explicitly.
-            print(f"error: {len(failed)} of {len(rows)} jobs did not complete: {', '.join(failed)} "
-                  f"(see their summary.json and log under {sweep_dir})", file=sys.stderr, flush=True)
             raise SystemExit(1)

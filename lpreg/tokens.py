@@ -15,7 +15,8 @@ of more than one chunk of ``trainer.token_chunk`` tokens:
    gradient pass is bounded by the chunk as well.
 
 Per-token values are flat ``[N, ...]`` tensors in the row-major order of the micro-batch's response mask;
-``grid`` lays them out as ``[b, R, ...]`` for the losses. Logits are divided by the rollout temperature in fp32 (or the model's dtype if wider).
+``grid`` lays them out as ``[b, R, ...]`` for the losses. Logits are divided by the rollout temperature in fp32 (or
+in the model's dtype if wider).
 Supported models compute ``logits = lm_head(last hidden state)`` (Qwen, Llama, Mistral families); a model whose
 config asks for logit soft-capping or scaling is refused.
 """

@@ -148,3 +148,16 @@ def test_wandb_group_is_the_study_or_the_multirun():
     assert wandb_group(OmegaConf.create({"wandb": {"group": None}, "sweep": {"name": "lpreg_core"}}), root, True) == \
         "lpreg_core"
     assert wandb_group(OmegaConf.create({"wandb": {"group": "mine"}, "sweep": None}), root, True) == "mine"
+
+
+def test_multirun_summary_reports_jobs_stopped_from_outside_as_failed(tmp_path):
+    from lpreg.callbacks import collect
+
+    for job, summary in (("0_none_s0", {"status": "completed", "seed": 0}), ("1_none_s1", {"status": "running", "seed": 1})):
+        (tmp_path / job).mkdir()
+        (tmp_path / job / "summary.json").write_text(json.dumps({"regularizer": "none", **summary}))
+    (tmp_path / "2_none_s2" / ".hydra").mkdir(parents=True)  # killed before run.py wrote its summary
+    (tmp_path / "figures").mkdir()  # not a job folder
+    status = lambda ended: {r["job"]: r["status"] for r in collect(tmp_path, ended)}
+    assert status(True) == {"0_none_s0": "completed", "1_none_s1": "failed", "2_none_s2": "failed"}
+    assert status(False)["1_none_s1"] == "running"  # a sweep's folder: another worker may still run it

@@ -13,7 +13,11 @@ composition keep working. The study is described by the job config's ``sweep`` n
   folders are named ``trial_<number>_s<seed>`` so nothing is overwritten.
 - Several workers may start at once on one study: creation races are retried (SQLite with a busy timeout).
 - Each trial runs one job per ``sweep.seeds`` entry and is told the mean of their objectives (``summary.json``).
-  A job that failed or returned NaN makes the trial FAIL; the study goes on.
+  A job that failed or returned NaN makes the trial FAIL; the study goes on. So does a job that SLURM killed
+  (submitit raises for it): its summary.json, missing or still ``running``, is rewritten as ``failed``. Submitit
+  raises at the first such job of a batch, so with ``sweep.batch_size`` > 1 the batch's jobs still running at that
+  moment are told FAIL too.
+  Any other launcher error is raised after the batch's trials are told FAIL (none is left RUNNING).
 - Pruning (``sweep.pruner: median | hyperband``) on intermediate held-out accuracy, with one seed per trial: each job
   is told its trial number (``sweep.trial``) and reports through the storage (``lpreg/pruning.py``), so it works with
   every launcher.
@@ -66,6 +70,15 @@ def job_overrides(arguments: list[str]) -> list[str]:
     ``$LPREG_SWEEP_STORAGE``, see ``lpreg/pruning.py``)."""
     is_storage = lambda a: a.lstrip("+~").split("=", 1)[0] == "sweep.storage"
     return [redact_text(a) if is_storage(a) else a for a in arguments if "=" in a]
+
+
+def job_was_killed(err: BaseException) -> bool:
+    """Whether a launcher error means a job ended without a result (submitit: scancel, time limit, node failure)."""
+    try:
+        from submitit.core.utils import UncompletedJobError
+    except ImportError:
+        return False
+    return isinstance(err, UncompletedJobError)
 
 
 def open_study(sweep: DictConfig, storage_url: str, retries: int = 20):
@@ -123,9 +136,16 @@ class LpregOptunaSweeper(Sweeper):
                 for seed in sweep.seeds:
                     jobs.append([*fixed, *params, f"seed={seed}", f"sweep.trial={t.number}",
                                  f"hydra.sweep.subdir=trial_{t.number:04d}_s{seed}"])
-            self.launcher.launch(jobs, initial_job_idx=trials[0].number * len(sweep.seeds))
+            launch_error = None
+            try:
+                self.launcher.launch(jobs, initial_job_idx=trials[0].number * len(sweep.seeds))
+            except Exception as err:  # told below as FAIL, then re-raised unless a job was killed
+                log.error("trials %s: the launcher raised %s: %s", [t.number for t in trials], type(err).__name__, err)
+                launch_error = err
             for t in trials:
                 self._tell(study, t, [sweep_dir / f"trial_{t.number:04d}_s{s}" for s in sweep.seeds])
+            if launch_error is not None and not job_was_killed(launch_error):
+                raise launch_error
         self._report(study, sweep_dir, storage)
 
     @staticmethod
@@ -135,7 +155,13 @@ class LpregOptunaSweeper(Sweeper):
         summaries = []
         for d in job_dirs:
             p = d / "summary.json"
-            summaries.append(json.loads(p.read_text()) if p.exists() else {"status": "missing"})
+            s = json.loads(p.read_text()) if p.exists() else {}
+            if s.get("status", "running") == "running":  # ended with no final status: killed from outside
+                s = {**s, "status": "failed", "error": "the job ended without a final status (killed by SLURM?)"}
+                d.mkdir(parents=True, exist_ok=True)  # so that the multirun summary lists it
+                p.with_suffix(".tmp").write_text(json.dumps(s, indent=1, sort_keys=True))
+                p.with_suffix(".tmp").replace(p)
+            summaries.append(s)
         states = [s.get("status") for s in summaries]
         values = [s.get("objective") for s in summaries]
         if "pruned" in states:
