@@ -22,7 +22,7 @@ METRICS: dict[str, str] = {
     "lpreg/candidates": "number of selected low-probability negative tokens (k, or 0 when k <= 1), per mini-batch",
     "lpreg/regularized": "number of candidates with π_θ(y) < π_proxy(y), i.e. regularized, per mini-batch",
     "lpreg/reg_ratio": "regularized / candidates",
-    "lpreg/k3_mean": "mean regularizer value (k3 or forward KL) over regularized tokens",
+    "lpreg/div_mean": "mean regularizer divergence (k3 or forward KL) over regularized tokens",
     "lpreg/proxy_ratio_mean": "mean π_proxy(y)/π_θ(y) over regularized tokens",
     "lpreg/noise_frac": "fraction of candidates whose token the min-p filter removed (proxy ~ 0)",
     "kl_cov/selected": "tokens KL-Cov penalized, per mini-batch",

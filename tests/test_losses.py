@@ -161,7 +161,7 @@ def test_tv5_value_gradient_and_metrics():
     assert math.isclose(inp.log_prob.grad[1, 3].item(), 0.0625, rel_tol=1e-6)  # noise: plain PG
     assert m["lpreg/candidates"] == 2 and m["lpreg/regularized"] == 1 and m["lpreg/reg_ratio"] == 0.5
     assert math.isclose(m["lpreg/delta"], 0.05, rel_tol=1e-6)
-    assert math.isclose(m["lpreg/k3_mean"], 0.0268564, rel_tol=1e-5)
+    assert math.isclose(m["lpreg/div_mean"], 0.0268564, rel_tol=1e-5)
     assert math.isclose(m["lpreg/proxy_ratio_mean"], 1.25, rel_tol=1e-5)
 
 

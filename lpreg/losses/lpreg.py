@@ -99,7 +99,7 @@ def lpreg_loss(inp: LossInputs, cfg):
         "lpreg/regularized": float(n_reg),
         "lpreg/reg_ratio": n_reg / n_cand if n_cand else math.nan,
         "lpreg/delta": lp[cand].max().exp().item() if n_cand else math.nan,
-        "lpreg/k3_mean": div.mean().item() if n_reg else math.nan,
+        "lpreg/div_mean": div.mean().item() if n_reg else math.nan,
         "lpreg/proxy_ratio_mean": log_rho.detach().clamp(max=20).exp().mean().item() if n_reg else math.nan,
         "lpreg/noise_frac": float((cand & (inp.proxy_log_prob < -1e3)).sum()) / n_cand if n_cand else math.nan,
     })
