@@ -16,17 +16,21 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 
+from lpreg.metrics import smoothing_points
+
 # metric -> (title, y label, smoothing window in logged points); the figure set of the CLI. Per-step metrics are
-# shown as a trailing 10-step rolling mean (said in the title); evaluations are plotted as they are.
-CURVES = {
-    "policy/entropy": ("Policy entropy", "entropy (nats, token mean)", 10),
-    "eval/mean": ("Held-out accuracy", "accuracy (mean over sources)", 1),
-    "policy/lowprob_frac": ("Low-probability sampled tokens", "fraction of tokens with π_old(y) < 0.1", 10),
-    "policy/tail_mass": ("Mass removed by the min-p filter", "1 − Z (token mean)", 10),
-    "train/response_len_mean": ("Response length", "tokens", 10),
-    "lpreg/delta": ("Lp-Reg selection threshold δ", "largest π_θ(y) among selected tokens", 10),
-    "lpreg/reg_ratio": ("Lp-Reg regularization ratio", "regularized / candidates", 10),
+# shown as a trailing rolling mean over lpreg.metrics.SMOOTHING_POINTS points (said in the title); evaluations are
+# plotted as they are.
+_CURVES = {
+    "policy/entropy": ("Policy entropy", "entropy (nats, token mean)"),
+    "eval/mean": ("Held-out accuracy", "accuracy (mean over sources)"),
+    "policy/lowprob_frac": ("Low-probability sampled tokens", "fraction of tokens with π_old(y) < 0.1"),
+    "policy/tail_mass": ("Mass removed by the min-p filter", "1 − Z (token mean)"),
+    "train/response_len_mean": ("Response length", "tokens"),
+    "lpreg/delta": ("Lp-Reg selection threshold δ", "largest π_θ(y) among selected tokens"),
+    "lpreg/reg_ratio": ("Lp-Reg regularization ratio", "regularized / candidates"),
 }
+CURVES = {m: (title, ylabel, smoothing_points(m)) for m, (title, ylabel) in _CURVES.items()}
 
 
 def _entries():

@@ -5,10 +5,12 @@
     python analysis/plots.py <sweep folder>            # also writes the Optuna sweep plots
     python analysis/plots.py --storage sqlite:///path/study.db --study NAME --out DIR
     LPREG_SWEEP_STORAGE=postgresql://u:pw@host/db python analysis/plots.py <sweep folder>  # study.json masks pw
+    python analysis/plots.py <multirun folder> --dashboard  # also dashboard.html (analysis/dashboard_html.py)
 
 Writes, into ``--out`` (default ``<first folder>/figures``): one PNG+PDF per metric of ``figures.CURVES`` (mean over
 seeds, 95% bootstrap band, one line per regularizer), ``prob_distribution.png/pdf``, and
-``results_{best,final}.{md,tex,csv}``. Missing or partial runs are listed and skipped.
+``results_{best,final}.{md,tex,csv}``, and with ``--dashboard`` one self-contained ``dashboard.html`` (the sections of
+the W&B workspace, the results table, the runs' configs and statuses). Missing or partial runs are listed and skipped.
 """
 
 from __future__ import annotations
@@ -57,6 +59,7 @@ def main(argv=None) -> int:
     ap.add_argument("--steps", help="comma-separated steps for the probability-distribution figure")
     ap.add_argument("--storage", help="an Optuna storage URL: plot the study named by --study")
     ap.add_argument("--study")
+    ap.add_argument("--dashboard", action="store_true", help="also write dashboard.html, the W&B-free dashboard")
     args = ap.parse_args(argv)
     if args.storage:
         if not args.study:
@@ -107,6 +110,13 @@ def main(argv=None) -> int:
             except ValueError as err:
                 print(f"error: {err}", file=sys.stderr)
                 return 2
+    if args.dashboard:
+        from analysis.dashboard_html import jobs_from_folders, jobs_from_runs, write_dashboard
+
+        jobs = jobs_from_runs(runs) if args.wandb else jobs_from_folders(args.folders)
+        source = f"{args.wandb}" + (f" group {args.group}" if args.group else "") if args.wandb else \
+            ", ".join(str(f) for f in args.folders)
+        written.append(write_dashboard(runs, jobs, out, f"lpreg dashboard: {source}", from_folders=not args.wandb))
     for p in written:
         print(f"wrote {p}")
     return 0 if written else 1

@@ -7,6 +7,7 @@ The names are part of the interface (``../shared/DESIGN.md`` §4): analysis, W&B
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Iterable
 
 import torch
@@ -49,9 +50,62 @@ METRICS: dict[str, str] = {
     "timing/<phase>": "seconds spent in a trainer phase this step",
     "perf/tokens_per_s": "generated plus trained tokens per second of step time",
     "sparks/<name>/prob": "mean sampled probability of the configured token set <name> (NaN when none sampled)",
+    "policy/sampled_prob_hist": "histogram of π_old(y) of sampled response tokens on metrics.hist_bins bins of [0, 1]",
+    "samples": "table of metrics.samples_n sample completions (prompt, response, answer, reward, π_old(y) min/mean)",
 }
 
+# The dashboard (W&B workspace and report: lpreg/dashboard.py; HTML twin: analysis/dashboard_html.py), section by
+# section in display order. Every METRICS name appears in exactly one section (tests/test_dashboard.py checks), so
+# a renamed or new metric cannot leave a dead panel or go unseen.
+SECTIONS: dict[str, tuple[str, ...]] = {
+    "Entropy collapse": ("policy/entropy", "policy/lowprob_frac", "policy/tail_mass", "policy/sampled_prob_mean"),
+    "Accuracy": ("eval/mean", "eval/<source>/acc", "eval/<source>/greedy", "eval/<source>/avg@k",
+                 "eval/<source>/pass@k", "train/reward_mean", "train/accuracy"),
+    "Lp-Reg internals": ("lpreg/delta", "lpreg/candidates", "lpreg/regularized", "lpreg/reg_ratio", "lpreg/div_mean",
+                         "lpreg/proxy_ratio_mean", "lpreg/noise_frac"),
+    "Optimization": ("loss/total", "loss/pg", "loss/reg", "policy/approx_kl", "policy/clipfrac", "optim/grad_norm",
+                     "optim/lr", "optim/skipped", "train/zero_adv_frac", "train/response_len_mean",
+                     "train/response_clip_frac", "kl_cov/selected", "highent/kept"),
+    "Samples": ("samples", "policy/sampled_prob_hist", "sparks/<name>/prob"),
+    "Speed": ("timing/<phase>", "perf/tokens_per_s"),
+}
+
+# Per-step series are drawn as a rolling mean over this many logged points (figures: trailing window; W&B: its
+# running average); evaluations (eval/*, logged every eval.every steps) are drawn as they are. Chosen with the
+# figures (commit 6cf40d5) so that 4-arm curves over a few hundred steps stay readable.
+SMOOTHING_POINTS = 10
+
 TIMING_PREFIXES = ("timing/", "perf/")  # wall-clock dependent; kept out of the deterministic metrics file
+
+
+def is_template(name: str) -> bool:
+    """A METRICS name with a placeholder (``<source>``, ``<phase>``, ``<name>``, or ``@k``) stands for many keys."""
+    return "<" in name or name.endswith("@k")
+
+
+def metric_regex(name: str) -> str:
+    """The regular expression of the logged keys a METRICS name stands for (anchored).
+
+    ``<...>`` matches one path segment (``[^/]+``) and a trailing ``@k`` matches ``@`` and an integer;
+    everything else is literal. ``metric_regex("eval/<source>/pass@k") == "^eval/[^/]+/pass@[0-9]+$"``.
+    """
+    if name not in METRICS:
+        raise KeyError(f"{name!r} is not a metric name in lpreg/metrics.py METRICS; add it there with a definition")
+    body = name[:-2] if name.endswith("@k") else name
+    parts = re.split(r"(<[a-z_]+>)", body)
+    rx = "".join("[^/]+" if p.startswith("<") else re.escape(p) for p in parts)
+    return "^" + rx + ("@[0-9]+" if name.endswith("@k") else "") + "$"
+
+
+def keys_of(name: str, logged: Iterable[str]) -> list[str]:
+    """The logged keys (sorted) that the METRICS name ``name`` stands for."""
+    rx = re.compile(metric_regex(name))
+    return sorted(k for k in set(logged) if rx.match(k))
+
+
+def smoothing_points(name: str) -> int:
+    """Rolling-mean window (logged points) for drawing the series ``name``: 1 for evaluations, else SMOOTHING_POINTS."""
+    return 1 if name.startswith("eval/") else SMOOTHING_POINTS
 
 
 def token_entropy(logits: torch.Tensor) -> torch.Tensor:
