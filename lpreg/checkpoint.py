@@ -130,12 +130,12 @@ def check_weights(path: Path) -> None:
         raise UnsafeCheckpointError(f"{path} holds no model.safetensors: not a checkpoint lpreg wrote")
 
 
-def load_model(path: Path, dtype: str = "float32"):
+def load_model(path: Path):
     """``(model, tokenizer)`` of checkpoint folder ``path``: safetensors weights only, no remote code."""
     from lpreg.models import load_pretrained
 
     check_weights(path)
-    return load_pretrained(path, dtype, trust_remote_code=False, use_safetensors=True)
+    return load_pretrained(path, trust_remote_code=False, use_safetensors=True)
 
 
 @dataclass(frozen=True)

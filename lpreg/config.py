@@ -60,7 +60,7 @@ class HFModelConfig:
 
     kind: str = "hf"
     path: str = MISSING  # hub id (must be in the local HF cache) or a folder saved with save_pretrained
-    dtype: str = "bfloat16"
+    dtype: str = "bfloat16"  # compute dtype (autocast); the weights and AdamW state are always fp32 master copies
     trust_remote_code: bool = False  # never on unless the user sets it: it runs Python code shipped with the model
     gradient_checkpointing: bool = True
 

@@ -67,7 +67,8 @@ SECTIONS: dict[str, tuple[str, ...]] = {
                      "optim/lr", "optim/skipped", "train/zero_adv_frac", "train/response_len_mean",
                      "train/response_clip_frac", "kl_cov/selected", "highent/kept"),
     "Samples": ("samples", "policy/sampled_prob_hist", "sparks/<name>/prob"),
-    "Speed": ("timing/<phase>", "perf/tokens_per_s"),
+    "Speed": ("timing/<phase>", "perf/tokens_per_s", "train/reward_timeouts", "train/reward_worker_restarts",
+              "train/reward_cache_hit"),
 }
 
 # Per-step series are drawn as a rolling mean over this many logged points (figures: trailing window; W&B: its
@@ -76,6 +77,14 @@ SECTIONS: dict[str, tuple[str, ...]] = {
 SMOOTHING_POINTS = 10
 
 TIMING_PREFIXES = ("timing/", "perf/")  # wall-clock dependent; kept out of the deterministic metrics file
+# Depend on the grading process's history and load (the cache survives across steps but not a resume; a timeout
+# depends on the machine's load), so they go with the timings, out of the deterministic metrics file.
+RUNTIME_METRICS = frozenset({"train/reward_cache_hit", "train/reward_worker_restarts", "train/reward_timeouts"})
+
+
+def is_runtime(name: str) -> bool:
+    """Whether a metric depends on wall clock or process history (``timing.jsonl``, not ``metrics.jsonl``)."""
+    return name.startswith(TIMING_PREFIXES) or name in RUNTIME_METRICS
 
 
 def is_template(name: str) -> bool:

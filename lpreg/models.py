@@ -163,16 +163,19 @@ def tiny_policy_path(cfg, task, cache_dir: str | Path | None = None) -> Path:
     return folder
 
 
-def load_pretrained(path: str | Path, dtype: str = "float32", trust_remote_code: bool = False,
-                    use_safetensors: bool | None = None):
+def load_pretrained(path: str | Path, trust_remote_code: bool = False, use_safetensors: bool | None = None):
     """``(model, tokenizer)`` from a local folder or hub id, with a clear error for a bad path.
+
+    Weights are always loaded in fp32: they are the master weights the optimizer updates (AdamW state in fp32 too);
+    ``model.dtype`` is only the compute dtype of autocast (``lpreg/trainer.py``). A bf16 copy with bf16 AdamW state
+    would leave most weights unchanged at lr 1e-6 (a bf16 step below half an ulp rounds away).
 
     ``trust_remote_code`` (``model.trust_remote_code``, off unless the user sets it) lets transformers import and
     run Python files that come with the model; ``use_safetensors=True`` refuses weights in any other format."""
     try:
         tokenizer = AutoTokenizer.from_pretrained(str(path), trust_remote_code=trust_remote_code)
         model = AutoModelForCausalLM.from_pretrained(
-            str(path), dtype=getattr(torch, dtype), trust_remote_code=trust_remote_code, use_safetensors=use_safetensors
+            str(path), dtype=torch.float32, trust_remote_code=trust_remote_code, use_safetensors=use_safetensors
         )
     except (OSError, ValueError) as err:
         raise ValueError(
@@ -193,7 +196,7 @@ def load_policy(cfg, task):
         model, tokenizer = load_pretrained(path)
     else:
         path = cfg.path
-        model, tokenizer = load_pretrained(path, cfg.dtype, cfg.trust_remote_code)
+        model, tokenizer = load_pretrained(path, cfg.trust_remote_code)
         if cfg.gradient_checkpointing:
             model.gradient_checkpointing_enable()
     return model, tokenizer, str(path)

@@ -2,7 +2,8 @@
 
 Local store (the job folder; analysis reads only this):
 - ``metrics.jsonl``: one line per step, every deterministic metric (same seed and config -> identical file);
-- ``timing.jsonl``: ``timing/*`` and ``perf/*`` (wall-clock dependent);
+- ``timing.jsonl``: ``timing/*``, ``perf/*`` and the reward grader's cache/timeout counts (wall-clock or process
+  dependent);
 - ``histograms.jsonl``: fixed-bin histograms (``{"step", "name", "edges", "counts"}``);
 - ``samples.jsonl``: tables of sample completions (``{"step", "name", "rows"}``).
 Non-finite values are written as ``null``.
@@ -21,7 +22,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from lpreg.metrics import TIMING_PREFIXES
+from lpreg.metrics import is_runtime
 from lpreg.redact import masked_argv, redact
 
 
@@ -68,8 +69,8 @@ class LocalStore(Tracker):
             fh.write(json.dumps(record, sort_keys=True) + "\n")
 
     def log(self, metrics, step):
-        timing = {k: _clean(v) for k, v in metrics.items() if k.startswith(TIMING_PREFIXES)}
-        rest = {k: _clean(v) for k, v in metrics.items() if not k.startswith(TIMING_PREFIXES)}
+        timing = {k: _clean(v) for k, v in metrics.items() if is_runtime(k)}
+        rest = {k: _clean(v) for k, v in metrics.items() if not is_runtime(k)}
         if rest:
             self._append("metrics.jsonl", {"step": step, **rest})
         if timing:

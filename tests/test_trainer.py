@@ -50,7 +50,8 @@ def test_smoke_run_logs_every_metric_name_with_finite_loss(smoke_run):
     rows = read_jsonl(job / "metrics.jsonl")
     assert [r["step"] for r in rows] == [0, 1, 2, 3]
     keys = set().union(*rows) | set().union(*read_jsonl(job / "timing.jsonl"))
-    expected = {k for k in METRICS if "<" not in k and not k.startswith(("kl_cov/", "highent/"))}
+    tables = {"samples", "policy/sampled_prob_hist"}  # logged as a table and a histogram, not as series
+    expected = {k for k in METRICS if "<" not in k and not k.startswith(("kl_cov/", "highent/"))} - tables
     expected |= {"eval/arithmetic/greedy", "eval/arithmetic/avg@2", "eval/arithmetic/pass@2", "eval/arithmetic/acc",
                  "timing/rollout", "timing/update", "timing/targets", "sparks/digits/prob"}
     assert expected <= keys, expected - keys
@@ -74,10 +75,7 @@ def test_parameters_change_and_resume_continues_at_the_right_step(tmp_path):
     fresh = tmp_path / "fresh"
     cfg4b = compose_cfg([*FAST, "trainer.steps=4", "eval.at_start=false"])
     run_train(cfg4b, fresh)
-    drop = ("timing/", "perf/")
-    resumed = [{k: v for k, v in r.items() if not k.startswith(drop)} for r in read_jsonl(tmp_path / "metrics.jsonl")]
-    straight = [{k: v for k, v in r.items() if not k.startswith(drop)} for r in read_jsonl(fresh / "metrics.jsonl")]
-    assert resumed == straight  # resuming reproduces the uninterrupted run
+    assert (tmp_path / "metrics.jsonl").read_bytes() == (fresh / "metrics.jsonl").read_bytes()  # resume = uninterrupted
 
 
 def test_same_seed_same_config_gives_identical_metrics_files(tmp_path):
@@ -90,27 +88,6 @@ def test_same_seed_same_config_gives_identical_metrics_files(tmp_path):
     d = tmp_path / "c"
     run_train(compose_cfg([*FAST, "trainer.steps=3", "regularizer=entropy", "seed=1"]), d)
     assert (d / "metrics.jsonl").read_bytes() != files[0]
-
-
-@pytest.mark.parametrize("reg", ["lpreg", "none"])
-def test_lpreg_adds_no_forward_pass_on_policy(tmp_path, reg):
-    import lpreg.trainer as T
-
-    calls = {"n": 0}
-    real = T.forward_logits
-
-    def counting(*a, **k):
-        calls["n"] += 1
-        return real(*a, **k)
-
-    T.forward_logits = counting
-    try:
-        cfg = compose_cfg([*FAST, "trainer.steps=1", "trainer.mini_batches=1", "eval.at_start=false",
-                           "eval.every=0", f"regularizer={reg}"])
-        run_train(cfg, tmp_path)
-    finally:
-        T.forward_logits = real
-    assert calls["n"] == 2  # one no-grad pass (old log-probs, metrics, proxy) + one training pass
 
 
 def test_bad_config_value_fails_clearly_and_records_failure(tmp_path):
