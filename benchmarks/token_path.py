@@ -3,7 +3,7 @@
     python benchmarks/token_path.py [--lengths 256,1024,4096] [--chunk 1024] [--regs none,entropy,...] [--out FILE]
 
 A Qwen2-architecture model with Qwen's vocabulary (V = 151,936), a small hidden size and random init (config
-below, no download) scores one prompt of 64 tokens and a response of R tokens:
+below, no download) scores one sequence: a prompt of 64 tokens and a response of R tokens:
 - ``old``: the path lpreg used before the token pass: one forward to full logits ``[b, R, V]`` (fp32), then
   log-softmax, entropy, tail mass and the regularizer's targets over the whole tensor; the update recomputes full
   logits with gradient (and ``forward_kl`` keeps π_old's full logits).
@@ -28,8 +28,14 @@ import threading
 import time
 
 V = 151_936
-MODEL = dict(vocab_size=V, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
-             num_key_value_heads=4, max_position_embeddings=8192, tie_word_embeddings=True)
+MODELS = {  # Qwen2-architecture shapes with Qwen's vocabulary, random init
+    "small": dict(vocab_size=V, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+                  num_key_value_heads=4, max_position_embeddings=8192, tie_word_embeddings=True),
+    # Qwen3-0.6B's shape (28 layers, hidden 1,024, 16 heads / 8 KV heads, tied embeddings), for the GPU check
+    "qwen3-0.6b": dict(vocab_size=V, hidden_size=1024, intermediate_size=3072, num_hidden_layers=28,
+                       num_attention_heads=16, num_key_value_heads=8, max_position_embeddings=40960,
+                       tie_word_embeddings=True),
+}
 PROMPT = 64
 HEAD_SCALE = 20.0  # final-norm gain: mean max probability 0.96, entropy 0.34 nats, at most ~100 min-p survivors
 REGS = {"none": {}, "entropy": {}, "lpreg": {}, "lpreg_fkl": {"divergence": "forward_kl"}, "kl_cov": {}}
@@ -65,20 +71,21 @@ class PeakRSS:
             return int(fh.read().split()[1]) * resource.getpagesize() / 2**20
 
 
-def setup(reg_key: str, R: int, chunk: int):
+def setup(reg_key: str, R: int, chunk: int, shape: str, device: str):
     import torch
     from transformers import Qwen2Config, Qwen2ForCausalLM
 
     from lpreg.rollout import Generation
 
     torch.manual_seed(0)
-    model = Qwen2ForCausalLM(Qwen2Config(**MODEL)).float()
+    model = Qwen2ForCausalLM(Qwen2Config(**MODELS[shape])).float().to(device)
     with torch.no_grad():
         model.get_decoder().norm.weight.mul_(HEAD_SCALE)
     name = "lpreg" if reg_key.startswith("lpreg") else reg_key
     overrides = [f"regularizer={name}", *(f"regularizer.{k}={v}" for k, v in REGS[reg_key].items()),
                  f"trainer.token_chunk={chunk}", "trainer.mini_batches=1", "rollout.group_size=2",
-                 "trainer.prompts_per_step=1"]
+                 "trainer.prompts_per_step=1",  # group/prompt sizes only pass validation; one sequence is scored
+                 *(["model=hf", "model.path=unused", "model.dtype=bfloat16"] if device == "cuda" else [])]
     from hydra import compose, initialize_config_dir
     from omegaconf import OmegaConf
 
@@ -88,11 +95,12 @@ def setup(reg_key: str, R: int, chunk: int):
     with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
         cfg = OmegaConf.to_object(compose(config_name="config", overrides=overrides))
     g = torch.Generator().manual_seed(1)
-    b = 2
-    prompt = torch.randint(0, V, (b, PROMPT), generator=g)
-    resp = torch.randint(0, V, (b, R), generator=g)
-    gen = Generation(prompt, torch.ones_like(prompt), resp, torch.ones(b, R), torch.ones(b, dtype=torch.bool), [""] * b)
-    adv = torch.tensor([[1.0], [-1.0]]) * gen.response_mask
+    prompt = torch.randint(0, V, (1, PROMPT), generator=g)
+    resp = torch.randint(0, V, (1, R), generator=g)
+    prompt, resp = prompt.to(device), resp.to(device)
+    gen = Generation(prompt, torch.ones_like(prompt), resp, torch.ones(1, R, device=device),
+                     torch.ones(1, dtype=torch.bool, device=device), [""])
+    adv = -torch.ones(1, R, device=device)  # one response with a negative advantage: every token is an Lp-Reg candidate
     return torch, model, cfg, gen, adv
 
 
@@ -163,11 +171,11 @@ def measure(args) -> dict:
     """One measurement in this (fresh) process. For the update, π_old's targets are computed first with the chunked
     pass (whose peak is small) and are not part of the measurement; the old ``forward_kl`` path also holds π_old's
     full logits during its update (built chunk by chunk, so only its size counts), as it did in the trainer."""
-    path, reg_key, R, phase, chunk, repeat, threads = args
+    path, reg_key, R, phase, chunk, repeat, threads, shape, device = args
     import torch
 
     torch.set_num_threads(threads)
-    torch_, model, cfg, gen, adv = setup(reg_key, R, chunk)
+    torch_, model, cfg, gen, adv = setup(reg_key, R, chunk, shape, device)
     held = None
     if phase == "update":
         state = new_logprob(torch, model, cfg, gen)
@@ -185,6 +193,16 @@ def measure(args) -> dict:
     times, peaks = [], []
     for _ in range(repeat):
         model.zero_grad(set_to_none=True)
+        if device == "cuda":  # torch's own peak counter: the rise of allocated memory during the call
+            torch.cuda.synchronize()
+            base = torch.cuda.memory_allocated()
+            torch.cuda.reset_peak_memory_stats()
+            t0 = time.perf_counter()
+            run()
+            torch.cuda.synchronize()
+            times.append(time.perf_counter() - t0)
+            peaks.append((torch.cuda.max_memory_allocated() - base) / 2**20)
+            continue
         with PeakRSS() as mem:
             t0 = time.perf_counter()
             run()
@@ -201,12 +219,15 @@ def main(argv=None) -> int:
     ap.add_argument("--chunk", type=int, default=None, help="token chunk of the new path (default: the trainer's)")
     ap.add_argument("--repeat", type=int, default=2)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--model", choices=sorted(MODELS), default="small")
+    ap.add_argument("--device", choices=["cpu", "cuda"], default="cpu", help="cuda: bf16 autocast, torch's peak counter")
     ap.add_argument("--out")
     args = ap.parse_args(argv)
     from lpreg.config import TrainerConfig
 
     chunk = args.chunk if args.chunk is not None else TrainerConfig().token_chunk
-    jobs = [(path, reg, int(R), phase, chunk, args.repeat, args.threads) for R in args.lengths.split(",")
+    jobs = [(path, reg, int(R), phase, chunk, args.repeat, args.threads, args.model, args.device)
+            for R in args.lengths.split(",")
             for reg in args.regs.split(",") for phase in ("logprob", "update") for path in ("old", "new")]
     ctx = mp.get_context("spawn")
     rows = []
@@ -229,8 +250,10 @@ def main(argv=None) -> int:
     for R in sorted({r["R"] for r in rows}):
         t = {reg: by[("new", reg, R, "logprob")]["s"] + by[("new", reg, R, "update")]["s"] for reg in args.regs.split(",")}
         step.append(f"| {R} | " + " | ".join(f"{t[reg] / t['none']:.2f}" for reg in t) + " |")
-    text = "\n".join([f"Token path, V = {V:,}, hidden {MODEL['hidden_size']}, prompt {PROMPT}, 2 sequences, "
-                      f"token_chunk {chunk}, {args.threads} threads:", "", *table, *step]) + "\n"
+    shape = MODELS[args.model]
+    where = f"{args.device}, {args.threads} threads" if args.device == "cpu" else "cuda, bf16 autocast"
+    text = "\n".join([f"Token path, V = {V:,}, {shape['num_hidden_layers']} layers × hidden {shape['hidden_size']}, "
+                      f"prompt {PROMPT}, one sequence, token_chunk {chunk}, {where}:", "", *table, *step]) + "\n"
     print(text)
     if args.out:
         with open(args.out, "w") as fh:

@@ -85,6 +85,7 @@ class TaskConfig:
     # LRU entries of (digest of task.reward_key -> reward): 65,536 holds 32 steps of 2,048 distinct answers in
     # 10.6 MB (measured with tracemalloc). 0 = off (every response graded).
     reward_cache_size: int = 65536
+    max_prompt_len: int = 2048  # prompt tokens; longer prompts lose their start (recipe max_prompt_length, truncation=left)
 
 
 @dataclass
@@ -129,17 +130,23 @@ class HFRolloutConfig:
     name: str = "hf"
     temperature: float = 1.0  # recipe temperature=1.0
     group_size: int = 8  # responses per prompt G (recipe n_resp_per_prompt=8)
+    logprobs: bool = True  # record the engine's sampled-token log-probs: rollout/logprob_diff_* against the trainer's
+    # Truncated importance sampling (TRL's vllm_importance_sampling_correction, verl's rollout_is): each token's
+    # advantage is multiplied by min(π_old(y)/π_rollout(y), tis_cap); null = off (the reference has none).
+    tis_cap: float | None = None
 
 
 @dataclass
 class VLLMRolloutConfig(HFRolloutConfig):
-    """Rollouts with vLLM (GPU; pip install -e '.[gpu]'). Weights are pushed to the engine after every update."""
+    """Rollouts with vLLM (GPU; pip install -e '.[gpu]'), colocated: weights pushed by name after every update."""
 
     name: str = "vllm"
+    # Fraction of the GPU's total memory vLLM may take when awake (TRL's default 0.3, verl's recipe 0.85 with sleep).
     gpu_memory_utilization: float = 0.4
-    dtype: str = "bfloat16"
-    enforce_eager: bool = True
-    max_model_len: int | None = None
+    dtype: str = "bfloat16"  # the engine's weights (recipe rollout dtype bf16)
+    enforce_eager: bool = False  # False = CUDA graphs on (vLLM's default); the reference ran eager (verl's default)
+    sleep: bool = True  # free the engine's GPU memory during the log-prob pass and the update (level-2 sleep)
+    max_model_len: int | None = None  # null = the longest prompt (task.max_prompt_len) + task.max_response_len
 
 
 # ---- trainer, eval, metrics, tracking -------------------------------------------------------------------------

@@ -28,6 +28,10 @@ METRICS: dict[str, str] = {
     "lpreg/noise_frac": "fraction of candidates whose token the min-p filter removed (proxy ~ 0)",
     "kl_cov/selected": "tokens KL-Cov penalized, per mini-batch",
     "highent/kept": "tokens the 80/20 rule kept, per mini-batch",
+    "rollout/logprob_diff_mean": "mean |log π_rollout(y) − log π_old(y)|: the rollout engine's sampled-token log-probs "
+                                 "against the trainer's",
+    "rollout/logprob_diff_max": "max of the same over the rollout's response tokens",
+    "rollout/logprob_diff_frac": "fraction of response tokens where that gap exceeds 0.1",
     "train/reward_mean": "mean sequence reward of the rollout",
     "train/accuracy": "fraction of rollout responses graded correct",
     "train/zero_adv_frac": "share of prompt groups whose rewards are all equal (zero advantage)",
@@ -49,6 +53,7 @@ METRICS: dict[str, str] = {
     "eval/mean": "mean of eval/<source>/acc over sources",
     "timing/<phase>": "seconds spent in a trainer phase this step",
     "perf/tokens_per_s": "generated plus trained tokens per second of step time",
+    "perf/peak_memory_gb": "peak GPU memory allocated by torch so far in the run, GiB (CUDA only)",
     "sparks/<name>/prob": "mean sampled probability of the configured token set <name> (NaN when none sampled)",
     "policy/sampled_prob_hist": "histogram of π_old(y) of sampled response tokens on metrics.hist_bins bins of [0, 1]",
     "samples": "table of metrics.samples_n sample completions (prompt, response, answer, reward, π_old(y) min/mean)",
@@ -65,10 +70,11 @@ SECTIONS: dict[str, tuple[str, ...]] = {
                          "lpreg/proxy_ratio_mean", "lpreg/noise_frac"),
     "Optimization": ("loss/total", "loss/pg", "loss/reg", "policy/approx_kl", "policy/clipfrac", "optim/grad_norm",
                      "optim/lr", "optim/skipped", "train/zero_adv_frac", "train/response_len_mean",
-                     "train/response_clip_frac", "kl_cov/selected", "highent/kept"),
+                     "train/response_clip_frac", "kl_cov/selected", "highent/kept", "rollout/logprob_diff_mean",
+                     "rollout/logprob_diff_max", "rollout/logprob_diff_frac"),
     "Samples": ("samples", "policy/sampled_prob_hist", "sparks/<name>/prob"),
-    "Speed": ("timing/<phase>", "perf/tokens_per_s", "train/reward_timeouts", "train/reward_worker_restarts",
-              "train/reward_cache_hit"),
+    "Speed": ("timing/<phase>", "perf/tokens_per_s", "perf/peak_memory_gb", "train/reward_timeouts",
+              "train/reward_worker_restarts", "train/reward_cache_hit"),
 }
 
 # Per-step series are drawn as a rolling mean over this many logged points (figures: trailing window; W&B: its
@@ -140,6 +146,15 @@ def policy_metrics(old: dict[str, torch.Tensor], p: torch.Tensor, mask: torch.Te
     for name, ids in sparks.items():
         out[f"sparks/{name}/prob"] = masked_mean_value(p, torch.isin(response_ids, ids).float() * mask)
     return out
+
+
+def logprob_gap(trainer_log_prob: torch.Tensor, rollout_log_prob: torch.Tensor) -> dict[str, float]:
+    """``rollout/logprob_diff_*`` from flat ``[N]`` log-probs of the same sampled tokens: the engine's and π_old's."""
+    if not trainer_log_prob.numel():
+        return {}
+    gap = (rollout_log_prob.to(trainer_log_prob.dtype) - trainer_log_prob).abs()
+    return {"rollout/logprob_diff_mean": gap.mean().item(), "rollout/logprob_diff_max": gap.max().item(),
+            "rollout/logprob_diff_frac": (gap > 0.1).float().mean().item()}
 
 
 def probability_histogram(probs: torch.Tensor, mask: torch.Tensor, bins: int) -> list[int]:

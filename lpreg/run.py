@@ -128,7 +128,8 @@ def main(cfg: DictConfig) -> float:
             "overrides": redact(list(hc.overrides.task)), "job_dir": str(job_dir)}
     write_json(job_dir / "summary.json", base)
     if cfg_obj.model.kind == "hf" and (still := embedded_values(cfg_obj)):
-        log.warning("model=hf with values sized for the embedded CPU testbed (use +experiment=... or set them):\n  %s",
+        log.warning("model=hf with values sized for the embedded CPU testbed (set them, or use experiment=<name> "
+                    "from conf/experiment/):\n  %s",
                     "\n  ".join(still))
     wandb_env(root)
     t0 = time.time()

@@ -3,11 +3,14 @@
 One step = one rollout batch (the paper's step):
   rollout -> reward -> advantage -> old pass (targets) -> update (mini-batches) -> metrics -> eval -> checkpoint
 
-- rollout: ``prompts_per_step`` prompts × ``group_size`` samples at temperature T (``rollout=``).
+- rollout: ``prompts_per_step`` prompts × ``group_size`` samples at temperature T (``rollout=``), prompts tokenized
+  once by our tokenizer, each request seeded from (seed, step, index) (``lpreg/rollout``).
 - reward: the task's verifiable reward, graded by the run's ``RewardGrader`` (worker pool with a time budget).
 - old pass: one no-grad token pass of π_old over the rollout (``lpreg/tokens.py``) gives the old log-probs, the policy
   metrics and every target the regularizer declares (e.g. the Lp-Reg proxy) from the same logits chunks: no extra
-  forward pass. The regularizer's rollout targets (e.g. δ of Lp-Reg ``scope: batch``) are computed once here.
+  forward pass. The regularizer's rollout targets (e.g. δ of Lp-Reg ``scope: batch``) are computed once here, and
+  the gap between the engine's sampled-token log-probs and π_old's is logged (optionally corrected by truncated
+  importance sampling, ``rollout.tis_cap``).
 - update: the rollout is cut into ``mini_batches`` contiguous mini-batches (no shuffle, as the reference); each is
   cut into micro-batches of at most ``max_tokens_per_micro_batch`` tokens (gradient accumulation). The loss of a
   mini-batch is its exact aggregate (token-mean by default) over all its tokens whatever the micro-batching; one
@@ -26,6 +29,7 @@ import math
 import random
 import time
 from contextlib import contextmanager
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -35,10 +39,10 @@ from lpreg import checkpoint
 from lpreg.advantages import grpo_advantages
 from lpreg.eval import evaluate
 from lpreg.losses import REGULARIZERS, LossInputs, Norm, approx_kl
-from lpreg.metrics import mean_metrics, policy_metrics, probability_histogram
+from lpreg.metrics import logprob_gap, mean_metrics, policy_metrics, probability_histogram
 from lpreg.models import load_policy
 from lpreg.rewards import RewardGrader
-from lpreg.rollout import Generation, build_rollout
+from lpreg.rollout import Generation, build_rollout, encode_prompts, request_seed
 from lpreg.tasks import build_task
 from lpreg.tokens import MicroBatch, check_head, grid, old_pass_fns, per_token, plan
 
@@ -162,6 +166,12 @@ def update(model, opt, minis: list[list[MicroBatch]], olds, adv: torch.Tensor, r
     return out
 
 
+def tis_weights(p_old: torch.Tensor, rollout_log_prob: torch.Tensor, cap: float) -> torch.Tensor:
+    """Truncated importance weights min(π_old(y) / π_rollout(y), cap) ``[B, R]`` (TRL's ``token_truncate``): they
+    scale the advantages, so they weight the policy-gradient term of every regularizer and leave its own terms alone."""
+    return (p_old.clamp_min(1e-30).log() - rollout_log_prob).exp().clamp(max=cap)
+
+
 def _sample_rows(problems, gen: Generation, rewards, p, n: int) -> list[dict]:
     rows = []
     for i in range(min(n, len(problems))):
@@ -216,7 +226,9 @@ def train(cfg, job_dir: Path, tracker, resume: checkpoint.Resume | None = None, 
         opt.load_state_dict(state["optimizer"])
         sampler.load(state["sampler"])
         torch.set_rng_state(state["torch_rng"])
-    engine = build_rollout(cfg.rollout, model, tokenizer, model_path)
+    engine = build_rollout(cfg.rollout, model, tokenizer, model_path,
+                           cfg.task.max_prompt_len + cfg.task.max_response_len, cfg.seed)
+    encode = partial(encode_prompts, tokenizer, max_len=cfg.task.max_prompt_len)
     sparks = spark_ids(tokenizer, cfg.metrics.sparks, device)
     evals: list[dict] = state.get("evals", [])
     G, T, max_len = cfg.rollout.group_size, cfg.rollout.temperature, cfg.task.max_response_len
@@ -226,7 +238,7 @@ def train(cfg, job_dir: Path, tracker, resume: checkpoint.Resume | None = None, 
     with RewardGrader(task, cfg.task) as grader:  # the reward worker pool lives as long as the run
 
         def run_eval(step: int) -> dict[str, float]:
-            res = evaluate(engine, task, cfg.eval, max_len, seed=cfg.seed * 100_003 + step, grader=grader)
+            res = evaluate(engine, task, cfg.eval, encode, max_len, cfg.seed, step, grader)
             evals.append({"step": step, **res})
             if on_eval is not None:
                 on_eval(step, res)
@@ -242,7 +254,8 @@ def train(cfg, job_dir: Path, tracker, resume: checkpoint.Resume | None = None, 
             with timer("rollout"):
                 problems = [task.train_problems()[i] for i in sampler.next(cfg.trainer.prompts_per_step)
                             for _ in range(G)]
-                gen = engine.generate([p.prompt for p in problems], max_len, T)
+                gen = engine.generate(encode([p.prompt for p in problems]), max_len, T,
+                                      [request_seed(cfg.seed, step, i) for i in range(len(problems))])
             with timer("reward"):
                 grades = grader.grade(gen.texts, problems, gen.finished.tolist())
                 rewards = torch.tensor(grades.rewards, device=device)
@@ -256,6 +269,10 @@ def train(cfg, job_dir: Path, tracker, resume: checkpoint.Resume | None = None, 
                 p = torch.zeros_like(gen.response_mask).masked_scatter(mask, old_lp.exp())  # [B, R] π_old(y)
                 metrics = policy_metrics({k: rollout_flat(olds, k) for k in ("entropy", "tail_mass")}, p,
                                          gen.response_mask, gen.response_ids, cfg.metrics.lowprob_threshold, sparks)
+                if gen.rollout_log_prob is not None:
+                    metrics.update(logprob_gap(old_lp, gen.rollout_log_prob[mask]))
+                    if cfg.rollout.tis_cap:
+                        adv = adv * tis_weights(p, gen.rollout_log_prob, cfg.rollout.tis_cap)
             with timer("update"):
                 metrics.update(update(model, opt, minis, olds, adv, rollout, reg, cfg))
                 engine.sync_weights()
@@ -286,6 +303,8 @@ def train(cfg, job_dir: Path, tracker, resume: checkpoint.Resume | None = None, 
             metrics.update(timer.times)
             metrics["timing/step"] = elapsed
             metrics["perf/tokens_per_s"] = 2 * gen.response_mask.sum().item() / elapsed
+            if device.type == "cuda":
+                metrics["perf/peak_memory_gb"] = torch.cuda.max_memory_allocated(device) / 2**30
             tracker.log(metrics, step)
             last = metrics
             bad_steps = bad_steps + 1 if metrics["optim/skipped"] == cfg.trainer.mini_batches else 0

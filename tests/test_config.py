@@ -92,10 +92,26 @@ def test_each_value_is_stated_once_and_every_yaml_key_has_a_schema_field():
     config_yaml = ROOT / "conf" / "config.yaml"
     restated = [(k, v) for k, v, f in yaml_values(config_yaml) if _default(f) is not MISSING]
     assert not restated, f"conf/config.yaml restates dataclass defaults: {restated}"
-    for path in sorted((ROOT / "conf").rglob("*.yaml")):
+    for path in sorted((ROOT / "conf" / "experiment").glob("*.yaml")):
         yaml_values(path)  # every key of an experiment file is a schema field
+    for path in sorted((ROOT / "conf" / "experiment_reg").glob("*/*.yaml")):  # regularizer values of an experiment
+        fields = _schema_fields(REGULARIZERS.get(path.stem).config)
+        assert set(yaml.safe_load(path.read_text())) <= set(fields), path
+        assert (ROOT / "conf" / "experiment" / f"{path.parent.name}.yaml").exists(), path
     for reg in REGULARIZERS.entries():  # each regularizer's values live in its schema, with a default for each
         assert all(_default(f) is not MISSING for f in dataclasses.fields(reg.config)), reg.name
+
+
+@pytest.mark.parametrize("name", sorted(p.stem for p in (ROOT / "conf" / "experiment").glob("*.yaml")))
+def test_every_experiment_composes_with_every_regularizer(name):
+    from lpreg.config import embedded_values
+
+    for reg in REGULARIZERS.names():
+        cfg = compose_cfg([f"experiment={name}", f"regularizer={reg}"])
+        assert cfg.model.kind == "hf" and cfg.task.name == "math" and cfg.trainer.lr == 1e-6
+        if name.startswith("qwen"):
+            assert not embedded_values(cfg), (name, reg, embedded_values(cfg))  # nothing sized for the testbed left
+    assert compose_cfg([f"experiment={name}", "regularizer=lpreg"]).regularizer.rho in (0.01, 0.005)
 
 
 def test_user_facing_overrides_and_types():

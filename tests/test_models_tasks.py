@@ -4,7 +4,6 @@ import torch
 from conftest import compose_cfg
 
 from lpreg.models import build_char_tokenizer, build_tiny_model, load_pretrained
-from lpreg.rollout import response_mask
 from lpreg.tasks import build_task
 from lpreg.tasks.math import grade, last_boxed
 
@@ -53,12 +52,6 @@ def test_arithmetic_reward_and_splits():
     assert task.reward("x+=", p, finished=True) == 0.0  # garbage
     test = task.eval_sets()[0].problems
     assert len(test) == 500 and not {q.prompt for q in test} & {q.prompt for q in task.train_problems()}
-
-
-def test_response_mask_stops_after_the_first_end_token():
-    ids = torch.tensor([[5, 6, 1, 0], [5, 1, 7, 1], [5, 6, 7, 8]])
-    mask, finished = response_mask(ids, eos_id=1)
-    assert mask.tolist() == [[1, 1, 1, 0], [1, 1, 0, 0], [1, 1, 1, 1]] and finished.tolist() == [True, True, False]
 
 
 def test_math_grading():

@@ -50,7 +50,7 @@ def test_smoke_run_logs_every_metric_name_with_finite_loss(smoke_run):
     rows = read_jsonl(job / "metrics.jsonl")
     assert [r["step"] for r in rows] == [0, 1, 2, 3]
     keys = set().union(*rows) | set().union(*read_jsonl(job / "timing.jsonl"))
-    tables = {"samples", "policy/sampled_prob_hist"}  # logged as a table and a histogram, not as series
+    tables = {"samples", "policy/sampled_prob_hist", "perf/peak_memory_gb"}  # a table, a histogram, CUDA only
     expected = {k for k in METRICS if "<" not in k and not k.startswith(("kl_cov/", "highent/"))} - tables
     expected |= {"eval/arithmetic/greedy", "eval/arithmetic/avg@2", "eval/arithmetic/pass@2", "eval/arithmetic/acc",
                  "timing/rollout", "timing/update", "timing/targets", "sparks/digits/prob"}

@@ -165,6 +165,10 @@ class MathTask(Task):
             sampled = source in cfg.sampled_sources
             self._eval.append(EvalSet(source, problems, "sampled" if sampled else "greedy",
                                       cfg.sampled_k if sampled else 1, cfg.sampled_temperature))
+        unknown = sorted(set(cfg.sampled_sources) - {es.source for es in self._eval})
+        if unknown:
+            raise ValueError(f"task.sampled_sources names {unknown}, which no file of task.eval_files holds (its "
+                             f"data_source values: {sorted(es.source for es in self._eval)})")
 
     def train_problems(self) -> list[Problem]:
         return self._train
