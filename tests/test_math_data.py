@@ -209,7 +209,8 @@ def test_prepare_converts_each_hub_layout(tmp_path, monkeypatch, capsys):
     for source in prep.SOURCES.values():
         assert sums[source.filename] == hashlib.sha256((tmp_path / source.filename).read_bytes()).hexdigest()
     cfg = compose_cfg(["task=math", f"task.train_file={tmp_path / 'dapo_math_17k.jsonl'}",
-                       f"task.eval_files=[{','.join(str(tmp_path / n) for n in ['aime24.jsonl', 'minerva.jsonl'])}]"])
+                       f"task.eval_files=[{','.join(str(tmp_path / n) for n in ['aime24.jsonl', 'minerva.jsonl'])}]",
+                       "task.sampled_sources=[aime24]"])
     task = build_task(cfg.task)
     assert [s.source for s in task.eval_sets()] == ["aime24", "minerva"]
     assert task.eval_sets()[1].problems[0].answer == "4.5 \\times 10^{33}"

@@ -179,7 +179,7 @@ def test_a_run_with_the_pool_logs_reward_metrics_and_leaves_no_workers(tmp_path)
     before = reward_workers_alive()
     cfg = compose_cfg([*FAST, "trainer.steps=1", "eval.at_start=false", "eval.samples=0", "task.reward_workers=1"])
     train(cfg, tmp_path, LocalStore(tmp_path))
-    row = json.loads((tmp_path / "metrics.jsonl").read_text().splitlines()[0])
+    row = json.loads((tmp_path / "timing.jsonl").read_text().splitlines()[0])  # process-dependent counts
     assert row["train/reward_timeouts"] == 0 and 0 <= row["train/reward_cache_hit"] <= 1
     assert reward_workers_alive() <= before
 
