@@ -93,8 +93,8 @@ class ArithmeticTaskConfig(TaskConfig):
 
     name: str = "arithmetic"
     # Exact string match, graded in process. Measured (benchmarks/rewards.py arithmetic, 2 cores under load): one
-    # step's 256 responses take 0.09 ms in process and 12-66 ms through a 1-2 worker pool, against a step of
-    # ~150 ms (the default run: 400 steps in ~60 s).
+    # step's 256 responses take 0.09 ms in process and 12-66 ms through a 1-2 worker pool, against a training
+    # step of 0.53-0.64 s (min-median, 1 thread, load average 13-15: benchmarks/vs_trl.md).
     reward_workers: int | None = 0
     digits: int = 2
     n_test: int = 500
