@@ -94,8 +94,8 @@ class ArithmeticTaskConfig(TaskConfig):
 
     name: str = "arithmetic"
     # Exact string match, graded in process. Measured (benchmarks/rewards.py arithmetic, 2 cores under load): one
-    # step's 256 responses take 0.09 ms in process and 12-66 ms through a 1-2 worker pool, against a step of
-    # ~150 ms (the default run: 400 steps in ~60 s).
+    # step's 256 responses take 0.09 ms in process and 12-66 ms through a 1-2 worker pool, against a training
+    # step of 0.53-0.64 s (min-median, 1 thread, load average 13-15: benchmarks/vs_trl.md).
     reward_workers: int | None = 0
     digits: int = 2
     n_test: int = 500
@@ -166,7 +166,7 @@ class TrainerConfig:
     betas: list[float] = field(default_factory=lambda: [0.9, 0.999])  # AdamW betas of the reference (fsdp_workers.py)
     grad_clip: float = 1.0  # recipe grad_clip=1.0
     max_bad_steps: int = 10  # consecutive rollout steps whose every update was skipped (non-finite) -> diverged
-    checkpoint_every: int = 100  # 0 = only at the end
+    checkpoint_every: int = 100  # and at the last step; 0 = no checkpoint at all (training-only steps)
     num_threads: int = 0  # torch intra-op threads; 0 = all cores for a lone job, cores / n_jobs under joblib
     device: str = "auto"  # auto | cpu | cuda
     resume: bool = False  # continue from the latest checkpoint in the job folder
@@ -175,7 +175,7 @@ class TrainerConfig:
 
 @dataclass
 class EvalConfig:
-    every: int = embedded(50, "8 (recipe test_freq)")  # steps between held-out evaluations; 0 = only at the end
+    every: int = embedded(50, "8 (recipe test_freq)")  # steps between evaluations, also at the last; 0 = none after step 0
     at_start: bool = True  # evaluate the initial policy at step 0
     samples: int = embedded(4, "0: greedy only on MATH-500, Minerva, OlympiadBench")  # k of avg@k/pass@k, greedy sources
     temperature: float = 1.0

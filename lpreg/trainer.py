@@ -2,6 +2,8 @@
 
 One step = one rollout batch (the paper's step):
   rollout -> reward -> advantage -> old pass (targets) -> update (mini-batches) -> metrics -> eval -> checkpoint
+(eval every ``eval.every`` steps and checkpoint every ``trainer.checkpoint_every`` steps, each also at the last step;
+0 = never, so that every step is training only)
 
 - rollout: ``prompts_per_step`` prompts × ``group_size`` samples at temperature T (``rollout=``), prompts tokenized
   once by our tokenizer, each request seeded from (seed, step, index) (``lpreg/rollout``).
@@ -284,7 +286,7 @@ def train(cfg, job_dir: Path, tracker, resume: checkpoint.Resume | None = None, 
                 "train/response_len_mean": gen.response_mask.sum(-1).mean().item(),
                 "train/response_clip_frac": (~gen.finished).float().mean().item(),
             } | grades.metrics("train"))
-            if cfg.eval.every and step % cfg.eval.every == 0 or step == cfg.trainer.steps:
+            if cfg.eval.every and (step % cfg.eval.every == 0 or step == cfg.trainer.steps):
                 with timer("eval"):
                     metrics.update(run_eval(step))
             n_bins = cfg.metrics.hist_bins
@@ -294,7 +296,7 @@ def train(cfg, job_dir: Path, tracker, resume: checkpoint.Resume | None = None, 
                 tracker.log_table("reward_timeouts", grades.timeout_rows(problems, gen.texts), step)
             if cfg.metrics.samples_every and step % cfg.metrics.samples_every == 0:
                 tracker.log_table("samples", _sample_rows(problems, gen, rewards, p, cfg.metrics.samples_n), step)
-            if cfg.trainer.checkpoint_every and step % cfg.trainer.checkpoint_every == 0 or step == cfg.trainer.steps:
+            if cfg.trainer.checkpoint_every and (step % cfg.trainer.checkpoint_every == 0 or step == cfg.trainer.steps):
                 with timer("checkpoint"):
                     checkpoint.save(job_dir, step, model, tokenizer, {
                         "step": step, "optimizer": opt.state_dict(), "sampler": sampler.state(),

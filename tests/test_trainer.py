@@ -115,3 +115,12 @@ def test_a_diverged_run_fails(tmp_path, monkeypatch):
     with pytest.raises(FloatingPointError, match="diverged"):
         run_train(cfg, tmp_path)
     assert [r["step"] for r in read_jsonl(tmp_path / "metrics.jsonl")] == [1, 2]
+
+
+def test_zero_eval_and_checkpoint_intervals_make_every_step_training_only(tmp_path):
+    cfg = compose_cfg([*FAST, "trainer.steps=2", "eval.at_start=false", "eval.every=0", "trainer.checkpoint_every=0"])
+    out = run_train(cfg, tmp_path)
+    assert out["evals"] == [] and not (tmp_path / "checkpoints").exists()
+    rows = read_jsonl(tmp_path / "metrics.jsonl")
+    assert [r["step"] for r in rows] == [1, 2] and not any(k.startswith("eval/") for r in rows for k in r)
+    assert not any(k in r for r in read_jsonl(tmp_path / "timing.jsonl") for k in ("timing/eval", "timing/checkpoint"))
