@@ -2,6 +2,8 @@
 
 One step = one rollout batch (the paper's step):
   rollout -> reward -> advantage -> old pass (targets) -> update (mini-batches) -> metrics -> eval -> checkpoint
+A step's lines reach the local store before its checkpoint is committed (written, logged, synced, renamed), so a
+crash at any point leaves a run folder that ``trainer.resume=true`` continues exactly (``lpreg/checkpoint.py``).
 
 - rollout: ``prompts_per_step`` prompts × ``group_size`` samples at temperature T (``rollout=``).
 - reward: the task's verifiable reward, graded by the run's ``RewardGrader`` (worker pool with a time budget).
@@ -40,6 +42,7 @@ from lpreg.models import load_policy
 from lpreg.rewards import RewardGrader
 from lpreg.rollout import Generation, build_rollout
 from lpreg.tasks import build_task
+from lpreg.testhooks import kill_point
 from lpreg.tokens import MicroBatch, check_head, grid, old_pass_fns, per_token, plan
 
 log = logging.getLogger(__name__)
@@ -185,8 +188,6 @@ def validate(cfg) -> None:
                          f"{cfg.task.max_response_len} tokens")
     if t.token_chunk < 0:
         raise ValueError(f"trainer.token_chunk={t.token_chunk} must be >= 0 (0 = the whole micro-batch at once)")
-    if cfg.rollout.temperature <= 0:
-        raise ValueError("rollout.temperature must be > 0 for RL rollouts")
 
 
 def train(cfg, job_dir: Path, tracker, resume: checkpoint.Resume | None = None, on_eval=None) -> dict:
@@ -239,6 +240,7 @@ def train(cfg, job_dir: Path, tracker, resume: checkpoint.Resume | None = None, 
                    initial=start, total=cfg.trainer.steps, dynamic_ncols=True)
         for step in bar:
             timer, t0 = Timer(), time.perf_counter()
+            kill_point(step, "rollout")
             with timer("rollout"):
                 problems = [task.train_problems()[i] for i in sampler.next(cfg.trainer.prompts_per_step)
                             for _ in range(G)]
@@ -259,6 +261,7 @@ def train(cfg, job_dir: Path, tracker, resume: checkpoint.Resume | None = None, 
             with timer("update"):
                 metrics.update(update(model, opt, minis, olds, adv, rollout, reg, cfg))
                 engine.sync_weights()
+            kill_point(step, "update")
             groups = rewards.view(-1, G)
             metrics.update({
                 "train/reward_mean": rewards.mean().item(),
@@ -277,16 +280,23 @@ def train(cfg, job_dir: Path, tracker, resume: checkpoint.Resume | None = None, 
                 tracker.log_table("reward_timeouts", grades.timeout_rows(problems, gen.texts), step)
             if cfg.metrics.samples_every and step % cfg.metrics.samples_every == 0:
                 tracker.log_table("samples", _sample_rows(problems, gen, rewards, p, cfg.metrics.samples_n), step)
+            pending = None  # the step's checkpoint, written and verified, committed once the step's lines are on disk
             if cfg.trainer.checkpoint_every and step % cfg.trainer.checkpoint_every == 0 or step == cfg.trainer.steps:
                 with timer("checkpoint"):
-                    checkpoint.save(job_dir, step, model, tokenizer, {
+                    pending = checkpoint.write(job_dir, step, model, tokenizer, {
                         "step": step, "optimizer": opt.state_dict(), "sampler": sampler.state(),
-                        "torch_rng": torch.get_rng_state(), "evals": evals, "wandb_run_id": tracker.run_id})
+                        "torch_rng": torch.get_rng_state(), "evals": evals, "wandb_run_id": tracker.run_id,
+                        "config": checkpoint.config_record(cfg)})
             elapsed = time.perf_counter() - t0
             metrics.update(timer.times)
             metrics["timing/step"] = elapsed
             metrics["perf/tokens_per_s"] = 2 * gen.response_mask.sum().item() / elapsed
             tracker.log(metrics, step)
+            if pending is not None:  # crash-consistent: a committed checkpoint's steps are all in the store
+                tracker.sync()
+                kill_point(step, "checkpoint_written")
+                checkpoint.commit(pending, cfg.trainer.keep_checkpoints)
+                kill_point(step, "committed")
             last = metrics
             bad_steps = bad_steps + 1 if metrics["optim/skipped"] == cfg.trainer.mini_batches else 0
             if bad_steps >= cfg.trainer.max_bad_steps:
