@@ -63,11 +63,12 @@ def process_gone(owner: dict) -> bool:
 def acquire(job_dir: Path) -> Path:
     """Take ``job_dir/run.lock`` for this process (module docstring); returns its path.
 
-    The check-and-take runs under ``flock`` on ``run.lock.guard``, so two processes of this host that find the
+    The check-and-take runs under ``flock`` on the folder, so two processes of this host that find the
     same stale lock cannot both take it over (a lock is only ever taken over on its own host)."""
     job_dir.mkdir(parents=True, exist_ok=True)
     path = job_dir / LOCK
-    with open(job_dir / f"{LOCK}.guard", "a") as guard:
+    guard = os.open(job_dir, os.O_RDONLY)  # flock on the folder itself: no extra file
+    try:
         fcntl.flock(guard, fcntl.LOCK_EX)
         try:
             holder = json.loads(path.read_text() or "{}")
@@ -86,6 +87,8 @@ def acquire(job_dir: Path) -> Path:
         tmp = path.with_name(f"{LOCK}.{os.getpid()}")
         tmp.write_text(json.dumps(identity()))
         tmp.replace(path)
+    finally:
+        os.close(guard)  # releases the flock
     return path
 
 
