@@ -47,13 +47,18 @@ def job_dirs(sweep_dir: Path) -> list[Path]:
 def collect(sweep_dir: Path, ended: bool = True) -> list[dict[str, Any]]:
     """One row per job folder, sorted by regularizer, seed and folder.
 
-    A folder without summary.json is ``failed``; so is a ``running`` summary when ``ended`` (all jobs were over).
+    A folder without summary.json is ``failed``; a ``running`` summary whose process is gone (``lpreg/runfolder.py``)
+    is ``crashed``; any other ``running`` one is ``failed`` when ``ended`` (all jobs were over).
     """
+    from lpreg.runfolder import process_gone
+
     rows = []
     for job in job_dirs(sweep_dir):
         path = job / "summary.json"
         s = json.loads(path.read_text()) if path.is_file() else {"status": "failed"}
-        if ended and s.get("status") == "running":
+        if s.get("status") == "running" and process_gone(s):
+            s["status"] = "crashed"
+        elif ended and s.get("status") == "running":
             s["status"] = "failed"
         rows.append(redact({
             "job": job.name, "regularizer": s.get("regularizer"), "seed": s.get("seed"),

@@ -2,8 +2,12 @@
 
 Layout: ``checkpoints/step_000100/`` holds the model and tokenizer (``save_pretrained``: weights in
 ``model.safetensors``, config and tokenizer as JSON) and ``trainer_state.pt`` (optimizer, RNG states, prompt sampler,
-step, evaluations, W&B run id). Each is written to a temporary folder and renamed, so a crash never leaves a
-half-written checkpoint.
+step, evaluations, W&B run id, the resolved config with secrets masked). A checkpoint is written to
+``checkpoints/.tmp_step_*``, flushed to disk (fsync), verified (:func:`verify`) and only then renamed into place
+(:func:`write`, then :func:`commit`); the older ones are deleted after that, down to ``trainer.keep_checkpoints``.
+So a crash or a full disk never leaves a half-written ``step_*`` folder and never removes the last good one, and
+:func:`find_resume` takes the newest checkpoint that verifies, skipping (with a warning) any that does not.
+Resume checks the config against the checkpoint's (:func:`check_resume_config`).
 
 A checkpoint folder may come from someone else (a shared file system, a download), and unpickling a file runs
 whatever code it names. So nothing here unpickles:
@@ -25,6 +29,10 @@ A checkpoint with a newer ``format`` than :data:`FORMAT` is refused.
 
 from __future__ import annotations
 
+import dataclasses
+import json
+import logging
+import os
 import pickle
 import shutil
 from dataclasses import dataclass
@@ -33,6 +41,7 @@ from typing import Any
 
 import torch
 
+log = logging.getLogger(__name__)
 STATE = "trainer_state.pt"
 FORMAT = 2  # 1: before pickle-free loading (random state as a tuple); 2: random state as a dict of plain ints
 PICKLED_WEIGHTS = ("*.bin", "*.pt", "*.pth", "*.ckpt", "*.pkl", "*.pickle")
@@ -75,26 +84,87 @@ def check_plain(obj: Any, where: str = "state") -> None:
                         "pickle to load: convert it to tensors, numbers, strings, lists or dicts (lpreg/checkpoint.py)")
 
 
-def save(job_dir: Path, step: int, model, tokenizer, state: dict, keep: int = 2) -> Path:
-    """Write ``checkpoints/step_<step>/`` (model, tokenizer, trainer state) and keep the newest ``keep`` of them."""
+def _fsync(path: Path) -> None:
+    """Flush ``path`` (a file or a folder's entries) to disk."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def write(job_dir: Path, step: int, model, tokenizer, state: dict) -> Path:
+    """Write a complete checkpoint into ``checkpoints/.tmp_step_<step>/``, flushed to disk and verified
+    (:func:`verify`); nothing that :func:`latest` sees changes until :func:`commit` renames it into place."""
     state = {**state, "format": FORMAT}
     check_plain(state)
-    root = job_dir / "checkpoints"
-    final = root / f"step_{step:06d}"
-    tmp = root / f".tmp_step_{step:06d}"
+    tmp = job_dir / "checkpoints" / f".tmp_step_{step:06d}"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     model.save_pretrained(tmp)  # safetensors (the only format transformers 5 writes)
     tokenizer.save_pretrained(tmp)
     torch.save(state, tmp / STATE)
-    shutil.rmtree(final, ignore_errors=True)
+    for f in tmp.iterdir():
+        _fsync(f)
+    _fsync(tmp)
+    verify(tmp)
+    return tmp
+
+
+def commit(tmp: Path, keep: int = 2) -> Path:
+    """Rename the written checkpoint ``tmp`` (from :func:`write`) to ``step_<step>``, then delete all but the newest
+    ``keep`` checkpoints: the previous ones stay until the new one is complete, verified and in place."""
+    root = tmp.parent
+    final = root / tmp.name.removeprefix(".tmp_")
+    shutil.rmtree(final, ignore_errors=True)  # only a damaged one of the same step (see find_resume)
     tmp.rename(final)
+    _fsync(root)
     for old in sorted(root.glob("step_*"))[:-keep] if keep > 0 else []:
         shutil.rmtree(old, ignore_errors=True)
     return final
 
 
+def save(job_dir: Path, step: int, model, tokenizer, state: dict, keep: int = 2) -> Path:
+    """Write ``checkpoints/step_<step>/`` (model, tokenizer, trainer state) and keep the newest ``keep`` of them."""
+    return commit(write(job_dir, step, model, tokenizer, state), keep)
+
+
+def _check_safetensors(file: Path) -> None:
+    """Raise ``ValueError`` if ``file``'s size disagrees with its header (8-byte length, JSON, data): a truncated
+    or cut weight file, detected without reading the weights."""
+    size = file.stat().st_size
+    with open(file, "rb") as fh:
+        head = fh.read(8)
+        n = int.from_bytes(head, "little") if len(head) == 8 else -1
+        if n < 2 or 8 + n > size:
+            raise ValueError(f"{file}: truncated safetensors header ({size} bytes)")
+        try:
+            header = json.loads(fh.read(n))
+        except ValueError as err:
+            raise ValueError(f"{file}: unreadable safetensors header ({err})") from None
+    end = max((t["data_offsets"][1] for k, t in header.items() if k != "__metadata__"), default=0)
+    if 8 + n + end != size:
+        raise ValueError(f"{file}: {size} bytes, but its header describes {8 + n + end} (truncated?)")
+
+
+def verify(path: Path) -> None:
+    """Raise ``ValueError`` (or :class:`UnsafeCheckpointError`) unless checkpoint folder ``path`` is complete: its
+    weights are safetensors whose sizes match their headers and its trainer state loads (memory-mapped, without
+    reading the tensors)."""
+    path = Path(path)
+    check_weights(path)
+    for f in sorted(path.glob("*.safetensors")):
+        _check_safetensors(f)
+    if not (path / STATE).is_file():
+        raise ValueError(f"{path / STATE} is missing")
+    try:
+        torch.load(path / STATE, weights_only=True, mmap=True)
+    except (RuntimeError, EOFError, OSError) as err:
+        raise ValueError(f"{path / STATE} does not load: {err}") from None
+
+
 def latest(job_dir: Path) -> Path | None:
+    """The newest committed checkpoint folder of ``job_dir`` (not verified: see :func:`find_resume`)."""
     done = sorted(p for p in (job_dir / "checkpoints").glob("step_*") if (p / STATE).exists())
     return done[-1] if done else None
 
@@ -147,6 +217,78 @@ class Resume:
 
 
 def find_resume(job_dir: Path) -> Resume | None:
-    """The latest checkpoint of ``job_dir`` with its state, or None when the folder has none."""
-    path = latest(job_dir)
-    return Resume(path, load_state(path)) if path is not None else None
+    """The newest checkpoint of ``job_dir`` that verifies and loads, with its state; None when there is none.
+
+    A newer checkpoint that fails (truncated weights or state, a half-written folder) is skipped with a warning
+    naming it and the reason, and renamed ``damaged_step_*`` (kept for inspection, out of the way of pruning): the
+    run continues from the one before and writes that step again.
+    Unfinished ``.tmp_step_*`` folders (a process killed while writing) are removed.
+    """
+    root = Path(job_dir) / "checkpoints"
+    for tmp in sorted(root.glob(".tmp_step_*")):
+        log.warning("removing %s: a checkpoint whose writing was interrupted", tmp)
+        shutil.rmtree(tmp, ignore_errors=True)
+    for path in sorted(root.glob("step_*"), reverse=True):
+        try:
+            verify(path)
+            return Resume(path, load_state(path))
+        except (ValueError, OSError) as err:  # UnsafeCheckpointError is a ValueError
+            if isinstance(err, UnsafeCheckpointError) and "pickle" in str(err):
+                raise  # a foreign checkpoint is refused, not skipped (lpreg/checkpoint.py docstring)
+            aside = path.with_name(f"damaged_{path.name}")
+            log.warning("skipping checkpoint %s: %s; moved to %s (delete it when done), trying the previous one",
+                        path, err, aside.name)
+            shutil.rmtree(aside, ignore_errors=True)
+            path.rename(aside)
+    return None
+
+
+# ---- the config a checkpoint was written with ------------------------------------------------------------------
+
+# Keys that may change between a checkpoint and its resume (they do not change what the run computes, or say how
+# long it runs): a prefix ending in "." covers a whole section.
+MUTABLE_KEYS = ("trainer.steps", "trainer.resume", "trainer.resume_force", "trainer.num_threads",
+                "trainer.keep_checkpoints", "trainer.checkpoint_every", "eval.", "wandb.", "sweep.", "objective.")
+
+
+def config_record(cfg) -> dict:
+    """The resolved config (a dataclass) as stored in the checkpoint: plain values, secrets masked."""
+    from lpreg.redact import redact
+
+    return redact(json.loads(json.dumps(dataclasses.asdict(cfg), default=str)))
+
+
+def _flatten(d: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(d, dict):
+        return {k: v for key, val in d.items() for k, v in _flatten(val, f"{prefix}{key}.").items()}
+    return {prefix[:-1]: d}
+
+
+def config_differences(saved: dict, current: dict) -> list[str]:
+    """``key: saved -> current`` for every key (outside :data:`MUTABLE_KEYS`) whose value differs."""
+    a, b = _flatten(saved), _flatten(current)
+    mutable = lambda k: any(k == m or (m.endswith(".") and k.startswith(m)) for m in MUTABLE_KEYS)
+    return [f"{k}: {a.get(k, '<absent>')!r} -> {b.get(k, '<absent>')!r}"
+            for k in sorted(a.keys() | b.keys()) if not mutable(k) and a.get(k) != b.get(k)]
+
+
+class ConfigMismatchError(ValueError):
+    """A resume whose config differs from the checkpoint's."""
+
+
+def check_resume_config(resume: Resume, cfg, force: bool) -> None:
+    """Refuse to resume ``resume`` with a config that differs from the one it was written with (the message lists
+    the keys); with ``force`` only warn. A checkpoint from before configs were stored is warned about."""
+    saved = resume.state.get("config")
+    if saved is None:
+        log.warning("%s holds no config (written by an older lpreg): the resumed config is not checked", resume.path)
+        return
+    diff = config_differences(saved, config_record(cfg))
+    if not diff:
+        return
+    msg = (f"the config differs from the one checkpoint {resume.path} was written with:\n  " + "\n  ".join(diff))
+    if force:
+        log.warning("%s\nresuming anyway (trainer.resume_force=true)", msg)
+        return
+    raise ConfigMismatchError(f"{msg}\nResume with the same values, start a new run folder, or set "
+                              "trainer.resume_force=true to resume with the new values")

@@ -2,7 +2,11 @@
 
 The one place that reads the config: Hydra composes ``conf/`` against the structured schemas of
 ``lpreg/config.py``; the resolved config is saved by Hydra in ``<job>/.hydra/`` and logged to W&B. Each job
-writes ``summary.json`` (status ``running`` -> ``completed`` | ``failed``) into its Hydra job folder. Secrets are
+writes ``summary.json`` (status ``running`` -> ``completed`` | ``failed`` | ``pruned``; ``crashed`` when read later
+for a ``running`` one whose process is gone) into its Hydra job folder, holding ``run.lock`` (``lpreg/runfolder.py``)
+while it runs. Every value range is checked when the typed config is built, before any work (``lpreg/checks.py``);
+a resume continues from the newest checkpoint that loads, with the config it was written with
+(``lpreg/checkpoint.py``). Secrets are
 masked in everything written (``lpreg/redact.py``; Hydra's own files by ``lpreg.callbacks.MaskSecrets``).
 
 A failing job in a multirun is recorded (summary.json, a failed W&B run) and does not stop the other jobs; the
@@ -90,9 +94,47 @@ def wandb_group(cfg, root: Path, multirun: bool) -> str | None:
 
 
 def write_json(path: Path, data: dict) -> None:
+    """Write ``path`` atomically (a temporary file, fsync, rename). If that fails (a full disk), the temporary file
+    is removed and ``{"status", "error"}`` alone is written over ``path`` in place, which needs no new disk blocks
+    when it is shorter than the summary there, so a ``running`` summary does not outlive its process."""
     tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(data, indent=1, sort_keys=True, default=str))
-    tmp.replace(path)
+    try:
+        with open(tmp, "w") as fh:
+            fh.write(json.dumps(data, indent=1, sort_keys=True, default=str))
+            fh.flush()
+            os.fsync(fh.fileno())
+        tmp.replace(path)
+    except OSError as err:
+        tmp.unlink(missing_ok=True)
+        short = {"status": data.get("status"), "error": f"{data.get('error', '')} (summary.json: {err})"}
+        with open(path, "r+" if path.exists() else "w") as fh:
+            fh.write(json.dumps(short))
+            fh.truncate()
+        raise
+
+
+def stop_on_sigterm() -> None:
+    """Turn SIGTERM (SLURM before its time limit, ``kill``) into ``SystemExit`` so that ``finally`` blocks run and
+    ``summary.json`` gets a final status (main thread only; other threads cannot set signal handlers)."""
+    import signal
+    import threading
+
+    def handler(signum, frame):
+        raise SystemExit(128 + signum)
+
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, handler)
+
+
+def previous_run(job_dir: Path) -> str | None:
+    """``crashed`` if ``job_dir/summary.json`` says ``running`` but its process is gone, else its status."""
+    from lpreg.runfolder import process_gone
+
+    try:
+        s = json.loads((job_dir / "summary.json").read_text())
+    except (OSError, ValueError):
+        return None
+    return "crashed" if s.get("status") == "running" and process_gone(s) else s.get("status")
 
 
 def print_table(summary: dict) -> None:
@@ -112,7 +154,8 @@ def print_table(summary: dict) -> None:
 def main(cfg: DictConfig) -> float:
     import optuna
 
-    from lpreg.checkpoint import find_resume
+    from lpreg import runfolder
+    from lpreg.checkpoint import check_resume_config, find_resume
     from lpreg.tracking import build_tracker, wandb_env
     from lpreg.trainer import train
 
@@ -120,12 +163,18 @@ def main(cfg: DictConfig) -> float:
     job_dir = Path(hc.runtime.output_dir)
     multirun = hc.mode == RunMode.MULTIRUN
     root = Path(hc.sweep.dir) if multirun else job_dir
-    cfg_obj = OmegaConf.to_object(cfg)
+    cfg_obj = OmegaConf.to_object(cfg)  # every declared value range is checked here (lpreg/checks.py)
     cfg_obj.trainer.num_threads = thread_budget(cfg.trainer.num_threads, hc.launcher)
     reg = cfg.regularizer.name
+    lock = runfolder.acquire(job_dir)  # before anything is written: one writer per run folder
+    stop_on_sigterm()
     base = {"status": "running", "seed": cfg.seed, "regularizer": reg, "git_revision": git_revision(),
-            "num_threads": cfg_obj.trainer.num_threads,
+            "num_threads": cfg_obj.trainer.num_threads, **runfolder.identity(),
             "overrides": redact(list(hc.overrides.task)), "job_dir": str(job_dir)}
+    if (before := previous_run(job_dir)) == "crashed":
+        log.warning("the previous run in %s crashed (its summary.json says running, its process is gone)", job_dir)
+    if cfg.trainer.resume and before:
+        base["previous_status"] = before
     write_json(job_dir / "summary.json", base)
     if cfg_obj.model.kind == "hf" and (still := embedded_values(cfg_obj)):
         log.warning("model=hf with values sized for the embedded CPU testbed (set them, or use experiment=<name> "
@@ -139,6 +188,9 @@ def main(cfg: DictConfig) -> float:
         resume = find_resume(job_dir) if cfg.trainer.resume else None
         if resume is not None:
             log.info("resuming from %s (step %d)", resume.path, resume.state["step"])
+            check_resume_config(resume, cfg_obj, force=cfg.trainer.resume_force)
+        elif cfg.trainer.resume:
+            log.warning("trainer.resume=true, but %s holds no checkpoint to resume from: starting fresh", job_dir)
         # the tracker exists before the model and task load, so that a bad model or task is tracked too
         tracker = build_tracker(cfg_obj.wandb, job_dir, OmegaConf.to_container(cfg, resolve=True),
                                 wandb_group(cfg, root, multirun), name=f"{reg}-s{cfg.seed}", job_type=reg,
@@ -163,7 +215,12 @@ def main(cfg: DictConfig) -> float:
         summary["wall_time_s"] = round(time.time() - t0, 2)
         if tracker is not None:
             tracker.finish(exit_code=0 if summary["status"] in ("completed", "pruned") else 1)
-        write_json(job_dir / "summary.json", summary)
+            if failed := tracker.failed_mirrors():
+                summary |= {name: "failed" for name in failed} | {f"{n}_error": redact_text(e) for n, e in failed.items()}
+        try:
+            write_json(job_dir / "summary.json", summary)
+        finally:
+            runfolder.release(lock)
     if summary["status"] != "completed":
         return math.nan
     print_table(summary)

@@ -4,6 +4,8 @@ One step = one rollout batch (the paper's step):
   rollout -> reward -> advantage -> old pass (targets) -> update (mini-batches) -> metrics -> eval -> checkpoint
 (eval every ``eval.every`` steps and checkpoint every ``trainer.checkpoint_every`` steps, each also at the last step;
 0 = never, so that every step is training only)
+A step's lines reach the local store before its checkpoint is committed (written, logged, synced, renamed), so a
+crash at any point leaves a run folder that ``trainer.resume=true`` continues exactly (``lpreg/checkpoint.py``).
 
 - rollout: ``prompts_per_step`` prompts × ``group_size`` samples at temperature T (``rollout=``), prompts tokenized
   once by our tokenizer, each request seeded from (seed, step, index) (``lpreg/rollout``).
@@ -46,6 +48,7 @@ from lpreg.models import load_policy
 from lpreg.rewards import RewardGrader
 from lpreg.rollout import Generation, build_rollout, encode_prompts, request_seed
 from lpreg.tasks import build_task
+from lpreg.testhooks import kill_point
 from lpreg.tokens import MicroBatch, check_head, grid, old_pass_fns, per_token, plan
 
 log = logging.getLogger(__name__)
@@ -197,8 +200,6 @@ def validate(cfg) -> None:
                          f"{cfg.task.max_response_len} tokens")
     if t.token_chunk < 0:
         raise ValueError(f"trainer.token_chunk={t.token_chunk} must be >= 0 (0 = the whole micro-batch at once)")
-    if cfg.rollout.temperature <= 0:
-        raise ValueError("rollout.temperature must be > 0 for RL rollouts")
 
 
 def train(cfg, job_dir: Path, tracker, resume: checkpoint.Resume | None = None, on_eval=None) -> dict:
@@ -253,6 +254,7 @@ def train(cfg, job_dir: Path, tracker, resume: checkpoint.Resume | None = None, 
                    initial=start, total=cfg.trainer.steps, dynamic_ncols=True)
         for step in bar:
             timer, t0 = Timer(), time.perf_counter()
+            kill_point(step, "rollout")
             with timer("rollout"):
                 problems = [task.train_problems()[i] for i in sampler.next(cfg.trainer.prompts_per_step)
                             for _ in range(G)]
@@ -278,6 +280,7 @@ def train(cfg, job_dir: Path, tracker, resume: checkpoint.Resume | None = None, 
             with timer("update"):
                 metrics.update(update(model, opt, minis, olds, adv, rollout, reg, cfg))
                 engine.sync_weights()
+            kill_point(step, "update")
             groups = rewards.view(-1, G)
             metrics.update({
                 "train/reward_mean": rewards.mean().item(),
@@ -296,11 +299,13 @@ def train(cfg, job_dir: Path, tracker, resume: checkpoint.Resume | None = None, 
                 tracker.log_table("reward_timeouts", grades.timeout_rows(problems, gen.texts), step)
             if cfg.metrics.samples_every and step % cfg.metrics.samples_every == 0:
                 tracker.log_table("samples", _sample_rows(problems, gen, rewards, p, cfg.metrics.samples_n), step)
+            pending = None  # the step's checkpoint, written and verified, committed once the step's lines are on disk
             if cfg.trainer.checkpoint_every and (step % cfg.trainer.checkpoint_every == 0 or step == cfg.trainer.steps):
                 with timer("checkpoint"):
-                    checkpoint.save(job_dir, step, model, tokenizer, {
+                    pending = checkpoint.write(job_dir, step, model, tokenizer, {
                         "step": step, "optimizer": opt.state_dict(), "sampler": sampler.state(),
-                        "torch_rng": torch.get_rng_state(), "evals": evals, "wandb_run_id": tracker.run_id})
+                        "torch_rng": torch.get_rng_state(), "evals": evals, "wandb_run_id": tracker.run_id,
+                        "config": checkpoint.config_record(cfg)})
             elapsed = time.perf_counter() - t0
             metrics.update(timer.times)
             metrics["timing/step"] = elapsed
@@ -308,6 +313,11 @@ def train(cfg, job_dir: Path, tracker, resume: checkpoint.Resume | None = None, 
             if device.type == "cuda":
                 metrics["perf/peak_memory_gb"] = torch.cuda.max_memory_allocated(device) / 2**30
             tracker.log(metrics, step)
+            if pending is not None:  # crash-consistent: a committed checkpoint's steps are all in the store
+                tracker.sync()
+                kill_point(step, "checkpoint_written")
+                checkpoint.commit(pending, cfg.trainer.keep_checkpoints)
+                kill_point(step, "committed")
             last = metrics
             bad_steps = bad_steps + 1 if metrics["optim/skipped"] == cfg.trainer.mini_batches else 0
             if bad_steps >= cfg.trainer.max_bad_steps:

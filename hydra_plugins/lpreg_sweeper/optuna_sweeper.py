@@ -18,6 +18,12 @@ composition keep working. The study is described by the job config's ``sweep`` n
   raises at the first such job of a batch, so with ``sweep.batch_size`` > 1 the batch's jobs still running at that
   moment are told FAIL too.
   Any other launcher error is raised after the batch's trials are told FAIL (none is left RUNNING).
+- A sweeper process killed with ``kill -9`` (or a lost node) leaves its trials RUNNING: each running trial's heartbeat
+  is recorded every ``sweep.heartbeat_s`` seconds, and a sweep that starts marks FAIL the trials silent for
+  ``sweep.grace_s`` (Optuna's ``fail_stale_trials``) and, with ``sweep.max_retries`` > 0, asks their parameters
+  again (``RetryFailedTrialCallback``). Live workers of the same study keep their trials' heartbeat, so theirs stay.
+- Sampler seed: each batch's sampler is seeded with ``sweep.sampler_seed`` + the number of the batch's first trial
+  (recorded as the trial's user attribute ``sampler_seed``), so a resumed study samples new parameters.
 - Pruning (``sweep.pruner: median | hyperband``) on intermediate held-out accuracy, with one seed per trial: each job
   is told its trial number (``sweep.trial``) and reports through the storage (``lpreg/pruning.py``), so it works with
   every launcher.
@@ -29,6 +35,7 @@ import json
 import logging
 import math
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -42,6 +49,8 @@ from omegaconf import DictConfig
 from lpreg.redact import mask_url, redact_text
 
 log = logging.getLogger(__name__)
+# Optuna warns at every ask() that heartbeats are meant for Study.optimize; here the Heartbeat thread records them.
+warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used with Study.optimize")
 
 
 @dataclass
@@ -82,13 +91,18 @@ def job_was_killed(err: BaseException) -> bool:
 
 
 def open_study(sweep: DictConfig, storage_url: str, retries: int = 20):
-    """Create or load the study; tolerate several workers creating it at the same moment."""
+    """Create or load the study, its storage recording trial heartbeats (``sweep.heartbeat_s``/``grace_s``; stale
+    trials are retried up to ``sweep.max_retries`` times); tolerate several workers creating it at the same moment."""
     import optuna
     from sqlalchemy.exc import IntegrityError, OperationalError
 
     from lpreg.pruning import make_pruner
 
     kwargs = {"engine_kwargs": {"connect_args": {"timeout": 60}}} if storage_url.startswith("sqlite") else {}
+    kwargs |= {"heartbeat_interval": sweep.heartbeat_s, "grace_period": sweep.grace_s}
+    if sweep.max_retries:  # RetryFailedTrialCallback was renamed in Optuna 4.9
+        retry = getattr(optuna.storages, "RetryHeartbeatStaleTrialCallback", optuna.storages.RetryFailedTrialCallback)
+        kwargs["heartbeat_stale_trial_callback"] = retry(max_retry=sweep.max_retries)
     pruner = make_pruner(sweep.pruner)
     for attempt in range(retries):
         try:
@@ -100,6 +114,62 @@ def open_study(sweep: DictConfig, storage_url: str, retries: int = 20):
             log.warning("opening study %s (attempt %d): %s", sweep.name, attempt + 1, redact_text(str(err)))
             time.sleep(0.2 + 0.3 * attempt)
     raise RuntimeError(f"could not open Optuna study {sweep.name!r} at {mask_url(storage_url)}")
+
+
+def fail_stale_trials(study, grace_s: int) -> list[int]:
+    """Mark FAIL the trials left RUNNING whose heartbeat stopped more than ``sweep.grace_s`` ago (their sweeper
+    process died: ``kill -9``, a lost node); the storage's callback enqueues their retries. Returns their numbers."""
+    import optuna
+
+    before = {t.number for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,))}
+    optuna.storages.fail_stale_trials(study)
+    still = {t.number for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,))}
+    failed = sorted(before - still)
+    if failed:
+        log.warning("trials %s of study %s were left RUNNING by a process that stopped (no heartbeat for %s s): "
+                    "marked FAIL", failed, study.study_name, grace_s)
+    return failed
+
+
+def reseed(study, sweep: DictConfig, first_trial: int) -> int:
+    """Give the study a sampler seeded with ``sweep.sampler_seed + first_trial`` (the number of the batch's first
+    trial): a resumed study or a second worker samples new parameters, and the seed is reproducible (recorded in
+    each trial's user attribute ``sampler_seed``)."""
+    import optuna
+
+    seed = sweep.sampler_seed + first_trial
+    study.sampler = optuna.samplers.TPESampler(seed=seed)
+    return seed
+
+
+class Heartbeat:
+    """Records the heartbeat of running trials every ``interval`` seconds in a thread, while their jobs run (Optuna
+    does this itself only inside ``study.optimize``, not with ask-and-tell)."""
+
+    def __init__(self, storage, trial_ids: list[int], interval: float):
+        import threading
+
+        self.storage, self.trial_ids, self.interval = storage, trial_ids, interval
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._run, name="optuna-heartbeat", daemon=True)
+
+    def _run(self) -> None:
+        while True:
+            for tid in self.trial_ids:
+                try:
+                    self.storage.record_heartbeat(tid)
+                except Exception as err:  # a storage hiccup must not stop the jobs; the next beat retries
+                    log.warning("recording the heartbeat of trial id %d: %s", tid, redact_text(str(err)))
+            if self.stop.wait(self.interval):
+                return
+
+    def __enter__(self) -> "Heartbeat":
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop.set()
+        self.thread.join()
 
 
 class LpregOptunaSweeper(Sweeper):
@@ -125,20 +195,24 @@ class LpregOptunaSweeper(Sweeper):
         storage = storage_url(sweep, sweep_dir)
         study = open_study(sweep, storage)
         (sweep_dir / "study.json").write_text(json.dumps({"storage": mask_url(storage), "study_name": sweep.name}))
+        fail_stale_trials(study, sweep.grace_s)
         if sweep.pruner != "none" and len(sweep.seeds) != 1:
             log.warning("pruning needs one seed per trial: it is off for this sweep")
         fixed = job_overrides(arguments)
         for start in range(0, sweep.n_trials, sweep.batch_size):
             trials = [study.ask() for _ in range(min(sweep.batch_size, sweep.n_trials - start))]
+            seed = reseed(study, sweep, trials[0].number)
             jobs = []
             for t in trials:
+                t.set_user_attr("sampler_seed", seed)
                 params = [f"{k}={suggest(t, k, dict(v))}" for k, v in sweep.params.items()]
                 for seed in sweep.seeds:
                     jobs.append([*fixed, *params, f"seed={seed}", f"sweep.trial={t.number}",
                                  f"hydra.sweep.subdir=trial_{t.number:04d}_s{seed}"])
             launch_error = None
             try:
-                self.launcher.launch(jobs, initial_job_idx=trials[0].number * len(sweep.seeds))
+                with Heartbeat(study._storage, [t._trial_id for t in trials], sweep.heartbeat_s):
+                    self.launcher.launch(jobs, initial_job_idx=trials[0].number * len(sweep.seeds))
             except Exception as err:  # told below as FAIL, then re-raised unless a job was killed
                 log.error("trials %s: the launcher raised %s: %s", [t.number for t in trials], type(err).__name__, err)
                 launch_error = err

@@ -32,6 +32,7 @@ from typing import Any
 
 import torch
 
+from lpreg.checks import NON_NEGATIVE, ranged
 from lpreg.registry import Registry
 
 LOG_RATIO_CLAMP = 20.0  # |log r| is clamped before exp (as verl does) so a ratio can never overflow
@@ -77,8 +78,8 @@ class RegularizerConfig:
 
 @dataclass
 class PPOClipConfig(RegularizerConfig):
-    clip_low: float = 0.2  # ε_low (verl default; Entropy-Mechanism 7b_baseline.sh)
-    clip_high: float = 0.2  # ε_high (same)
+    clip_low: float = ranged(0.2, NON_NEGATIVE)  # ε_low (verl default; Entropy-Mechanism 7b_baseline.sh)
+    clip_high: float = ranged(0.2, NON_NEGATIVE)  # ε_high (same)
 
 
 NO_TARGETS: Callable[[Any], dict] = lambda cfg: {}

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 
 import torch
 
+from lpreg.checks import NON_NEGATIVE, PROBABILITY, Range, ranged
 from lpreg.config import embedded
 from lpreg.losses import (
     LossInputs,
@@ -45,8 +46,8 @@ class KLCovConfig(RegularizerConfig):
     name: str = "kl_cov"
     # k_percent is in percent units: k = max(1, floor(N·k_percent/100)). Reference: 0.2 (7B) / 0.02 (32B).
     # An embedded rollout has ~1,000 tokens, where 0.2 selects 2 tokens; 1.0 selects ~10. Use 0.2 at real scale.
-    k_percent: float = embedded(1.0, "0.2 (7B) / 0.02 (32B)")
-    kl_coef: float = 1.0  # λ = ppo_kl_coef
+    k_percent: float = embedded(1.0, "0.2 (7B) / 0.02 (32B)", Range(0, 100, lo_open=True))
+    kl_coef: float = ranged(1.0, NON_NEGATIVE)  # λ = ppo_kl_coef
 
 
 @register("kl_cov", KLCovConfig, label="KL-Cov", color="#9467bd")
@@ -68,11 +69,12 @@ def kl_cov_loss(inp: LossInputs, cfg: KLCovConfig):
 @dataclass
 class ClipCovConfig(PPOClipConfig):
     name: str = "clip_cov"
-    clip_ratio: float = 0.0002  # fraction of tokens zeroed: clip_num = max(1, floor(clip_ratio·N)) (reference)
+    # fraction of tokens zeroed: clip_num = max(1, floor(clip_ratio·N)) (reference)
+    clip_ratio: float = ranged(0.0002, PROBABILITY)
     cov_lb: float = 1.0  # clip_cov_lb
     cov_ub: float = 5.0  # clip_cov_ub
-    clip_low: float = 1.0  # Entropy-Mechanism recipes use ε = 1/1 with Clip-Cov
-    clip_high: float = 1.0
+    clip_low: float = ranged(1.0, NON_NEGATIVE)  # Entropy-Mechanism recipes use ε = 1/1 with Clip-Cov
+    clip_high: float = ranged(1.0, NON_NEGATIVE)
 
 
 @register("clip_cov", ClipCovConfig, label="Clip-Cov", color="#8c564b")

@@ -41,6 +41,7 @@ from dataclasses import dataclass
 
 import torch
 
+from lpreg.checks import FRACTION, NON_NEGATIVE, OPEN_UNIT, PROBABILITY, ranged
 from lpreg.config import embedded
 from lpreg.losses import (
     LossInputs,
@@ -61,19 +62,19 @@ from lpreg.proxy import proxy_distribution, proxy_log_prob, proxy_support
 @dataclass
 class LpRegConfig(PPOClipConfig):
     name: str = "lpreg"
-    kappa: float = 0.02  # min-p κ relative to the max probability (recipe minp_p_threshold=0.02)
+    kappa: float = ranged(0.02, OPEN_UNIT)  # min-p κ relative to the max probability (recipe minp_p_threshold=0.02)
     mode: str = "minp"  # minp | fixed (fixed: kappa is an absolute τ; paper ablation)
     # ρ: fraction of negative-advantage tokens selected, k = max(1, floor(ρ·|N|)), and only when k > 1.
     # Paper/recipe: 0.01 (Qwen3-14B) or 0.005 (Qwen2.5-32B), with ~10^5-10^6 negative tokens per micro-batch.
     # An embedded mini-batch (128 responses, ~450 response tokens, ~170 negative) gets k = floor(0.01·|N|) <= 1
     # at 0.01, i.e. no regularization at all. Measured at 0.05 on the embedded default: 3.5-13.5 candidates
     # (mean 8.4) and 2-10.5 regularized tokens (mean 5.4) per mini-batch. Use 0.01 at real scale.
-    rho: float = embedded(0.05, "0.01 (Qwen3-14B) / 0.005 (Qwen2.5-32B)")
-    beta: float = 1.0  # ppo_kl_coef
-    clip_low: float = 1.0  # ratio range [0, 10] (recipe clip_ratio_low=1.0)
-    clip_high: float = 9.0  # (recipe clip_ratio_high=9.0)
+    rho: float = embedded(0.05, "0.01 (Qwen3-14B) / 0.005 (Qwen2.5-32B)", FRACTION)
+    beta: float = ranged(1.0, NON_NEGATIVE)  # ppo_kl_coef
+    clip_low: float = ranged(1.0, NON_NEGATIVE)  # ratio range [0, 10] (recipe clip_ratio_low=1.0)
+    clip_high: float = ranged(9.0, NON_NEGATIVE)  # (recipe clip_ratio_high=9.0)
     scope: str = "micro_batch"  # micro_batch (reference) | batch (δ fixed over the whole rollout)
-    rho_pos: float = 0.0  # also regularize positive tokens (recipe logp_pos_k_percent=0: off)
+    rho_pos: float = ranged(0.0, PROBABILITY)  # also regularize positive tokens (recipe logp_pos_k_percent=0: off)
     divergence: str = "k3"  # k3 (reference code) | forward_kl (paper Eq. 6, full-vocabulary KL(π_proxy‖π_θ))
 
 

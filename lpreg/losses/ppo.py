@@ -17,6 +17,7 @@ from dataclasses import dataclass
 
 import torch
 
+from lpreg.checks import FRACTION, NON_NEGATIVE, ranged
 from lpreg.losses import (
     LossInputs,
     Norm,
@@ -56,7 +57,7 @@ def grpo_loss(inp: LossInputs, cfg: PPOClipConfig):
 @dataclass
 class ClipHigherConfig(PPOClipConfig):
     name: str = "clip_higher"
-    clip_high: float = 0.28  # ε_high (Entropy-Mechanism 7b_cliphigher.sh; DAPO paper); ε_low stays 0.2
+    clip_high: float = ranged(0.28, NON_NEGATIVE)  # ε_high (Entropy-Mechanism 7b_cliphigher.sh; DAPO paper); ε_low stays 0.2
 
 
 register("clip_higher", ClipHigherConfig, label="Clip-Higher", color="#d62728")(grpo_loss)
@@ -65,7 +66,7 @@ register("clip_higher", ClipHigherConfig, label="Clip-Higher", color="#d62728")(
 @dataclass
 class EntropyConfig(PPOClipConfig):
     name: str = "entropy"
-    entropy_coef: float = 0.002  # paper §5.1.2
+    entropy_coef: float = ranged(0.002, NON_NEGATIVE)  # paper §5.1.2
 
 
 def entropy_target(cfg) -> dict:
@@ -84,7 +85,7 @@ def entropy_bonus_loss(inp: LossInputs, cfg: EntropyConfig):
 @dataclass
 class HighEntConfig(PPOClipConfig):
     name: str = "highent_8020"
-    top_frac: float = 0.2  # keep the top 20% of tokens by entropy (Wang et al.)
+    top_frac: float = ranged(0.2, FRACTION)  # keep the top 20% of tokens by entropy (Wang et al.)
     # clip: Wang et al. pair 80/20 with clip-higher 0.28; unspecified in the Lp-Reg paper, we keep 0.2/0.2
 
 
@@ -105,8 +106,8 @@ def highent_loss(inp: LossInputs, cfg: HighEntConfig):
 @dataclass
 class GSPOConfig(PPOClipConfig):
     name: str = "gspo"
-    clip_low: float = 3e-4  # GSPO paper ε_low (must override verl's 0.2)
-    clip_high: float = 4e-4  # GSPO paper ε_high
+    clip_low: float = ranged(3e-4, NON_NEGATIVE)  # GSPO paper ε_low (must override verl's 0.2)
+    clip_high: float = ranged(4e-4, NON_NEGATIVE)  # GSPO paper ε_high
     loss_agg: str = "seq-mean-token-mean"  # forced by the reference for GSPO
 
 
