@@ -9,8 +9,10 @@ below, no download) scores one sequence: a prompt of 64 tokens and a response of
   logits with gradient (and ``forward_kl`` keeps π_old's full logits).
 - ``new``: ``lpreg/tokens.py``: the head applied to ``--chunk`` tokens at a time, each chunk reduced at once and
   recomputed in backward; the update is the trainer's own ``update``.
-Each (path, regularizer, R, phase) runs in a fresh process; memory is the peak rise of the process's resident set
-during the measured call (sampled every millisecond), time is the wall time of the call (median of ``--repeat``).
+On the CPU each (path, regularizer, R, phase) runs in a fresh process and memory is the peak rise of the process's
+resident set during the measured call (sampled every millisecond); on CUDA all run in one process and memory is the
+rise of ``torch.cuda.max_memory_allocated`` during the call. Time is the wall time of the call (median of
+``--repeat``).
 The head is scaled (``HEAD_SCALE``) so that the random model's next-token distributions are peaked like a trained
 LM's (a flat random distribution keeps every token in the min-p proxy, which no real model does).
 Prints a Markdown table (and writes it to ``--out``).
@@ -20,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import multiprocessing as mp
 import resource
 import statistics
@@ -71,16 +74,28 @@ class PeakRSS:
             return int(fh.read().split()[1]) * resource.getpagesize() / 2**20
 
 
-def setup(reg_key: str, R: int, chunk: int, shape: str, device: str):
+_MODELS: dict = {}  # in-process measurements (CUDA) build each model once
+
+
+def build_model(shape: str, device: str):
     import torch
     from transformers import Qwen2Config, Qwen2ForCausalLM
 
+    if (shape, device) not in _MODELS:
+        torch.manual_seed(0)
+        model = Qwen2ForCausalLM(Qwen2Config(**MODELS[shape])).float().to(device)
+        with torch.no_grad():
+            model.get_decoder().norm.weight.mul_(HEAD_SCALE)
+        _MODELS[(shape, device)] = model
+    return _MODELS[(shape, device)]
+
+
+def setup(reg_key: str, R: int, chunk: int, shape: str, device: str):
+    import torch
+
     from lpreg.rollout import Generation
 
-    torch.manual_seed(0)
-    model = Qwen2ForCausalLM(Qwen2Config(**MODELS[shape])).float().to(device)
-    with torch.no_grad():
-        model.get_decoder().norm.weight.mul_(HEAD_SCALE)
+    model = build_model(shape, device)
     name = "lpreg" if reg_key.startswith("lpreg") else reg_key
     overrides = [f"regularizer={name}", *(f"regularizer.{k}={v}" for k, v in REGS[reg_key].items()),
                  f"trainer.token_chunk={chunk}", "trainer.mini_batches=1", "rollout.group_size=2",
@@ -230,10 +245,22 @@ def main(argv=None) -> int:
             for R in args.lengths.split(",")
             for reg in args.regs.split(",") for phase in ("logprob", "update") for path in ("old", "new")]
     ctx = mp.get_context("spawn")
+    if args.device == "cuda":  # CUDA context, kernels and allocator warmed up before the first timed call
+        measure(("new", jobs[0][1], min(int(R) for R in args.lengths.split(",")), "update", *jobs[0][4:]))
     rows = []
     for i, job in enumerate(jobs, 1):
-        with ctx.Pool(1) as pool:  # a fresh process per measurement: its peak RSS is this measurement's
-            row = pool.apply(measure, (job,))
+        if args.device == "cuda":  # torch's peak counter is reset per call: one process, the model built once
+            import torch
+
+            try:
+                row = measure(job)
+            except torch.OutOfMemoryError:  # the old path at long R: recorded as out of memory
+                torch.cuda.empty_cache()
+                row = {"path": job[0], "reg": job[1], "R": job[2], "phase": job[3], "peak_mib": math.inf,
+                       "s": math.nan}
+        else:
+            with ctx.Pool(1) as pool:  # a fresh process per measurement: its peak RSS is this measurement's
+                row = pool.apply(measure, (job,))
         rows.append(row)
         print(f"[{i}/{len(jobs)}] {json.dumps(row)}", file=sys.stderr, flush=True)
     table = ["| R | regularizer | phase | old peak MiB | new peak MiB | old/new memory | old s | new s |",
@@ -243,8 +270,9 @@ def main(argv=None) -> int:
         for reg in args.regs.split(","):
             for phase in ("logprob", "update"):
                 o, n = by[("old", reg, R, phase)], by[("new", reg, R, phase)]
-                table.append(f"| {R} | {reg} | {phase} | {o['peak_mib']:.0f} | {n['peak_mib']:.0f} | "
-                             f"{o['peak_mib'] / max(n['peak_mib'], 1):.1f}× | {o['s']:.2f} | {n['s']:.2f} |")
+                mem = lambda r: "out of memory" if math.isinf(r["peak_mib"]) else f"{r['peak_mib']:.0f}"
+                ratio = "-" if math.isinf(o["peak_mib"] + n["peak_mib"]) else f"{o['peak_mib'] / max(n['peak_mib'], 1):.1f}×"
+                table.append(f"| {R} | {reg} | {phase} | {mem(o)} | {mem(n)} | {ratio} | {o['s']:.2f} | {n['s']:.2f} |")
     step = ["", "Step time (log-prob pass + update) of each regularizer relative to `none`, new path:", "",
             "| R | " + " | ".join(args.regs.split(",")) + " |", "|---:|" + "---:|" * len(args.regs.split(","))]
     for R in sorted({r["R"] for r in rows}):

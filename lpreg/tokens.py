@@ -149,7 +149,16 @@ def per_token(model, mb: MicroBatch, temperature: float, chunk: int, fns: dict[s
     names = ["log_prob", *fns]
     if not parts:
         return {name: h.new_zeros(0) for name in names}
-    return {name: torch.cat([p[i] for p in parts]) for i, name in enumerate(names)}
+    return {name: _cat_padded([p[i] for p in parts]) for i, name in enumerate(names)}
+
+
+def _cat_padded(parts: list[torch.Tensor]) -> torch.Tensor:
+    """Chunks of one per-token value concatenated; a ``[n, K]`` value whose K differs between chunks (a sparse list,
+    e.g. Lp-Reg's min-p survivors) is padded with zeros to the widest chunk (index 0 with probability 0)."""
+    if parts[0].dim() == 2:
+        width = max(p.shape[1] for p in parts)
+        parts = [torch.nn.functional.pad(p, (0, width - p.shape[1])) for p in parts]
+    return torch.cat(parts)
 
 
 def old_pass_fns(tail_kappa: float, reg_fns: dict[str, TokenFn]) -> dict[str, TokenFn]:

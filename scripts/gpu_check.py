@@ -48,7 +48,7 @@ def run(engine: str, model: Path, steps: int, out: Path) -> dict:
     args = [sys.executable, "-m", "lpreg.run", "task=math", "model=hf", f"model.path={model}", f"rollout={engine}",
             f"trainer.steps={steps}", "trainer.prompts_per_step=16", "task.max_response_len=512", "task.max_eval=16",
             "eval.every=0", "eval.at_start=false", "trainer.checkpoint_every=0", "task.sampled_k=2",
-            "trainer.max_tokens_per_micro_batch=8192", f"hydra.run.dir={out}"]
+            "trainer.max_tokens_per_micro_batch=8192", "task.reward_workers=2", f"hydra.run.dir={out}"]
     if engine == "vllm":
         args.append("rollout.gpu_memory_utilization=0.3")
     proc = subprocess.run(args, cwd=ROOT, capture_output=True, text=True, env={**os.environ, "WANDB_MODE": "disabled"})

@@ -73,7 +73,7 @@ def minibatch_loss_and_grad(name: str, changes: dict, budget: int, chunk: int, m
     model = model or tiny_model()
     cfg = compose_cfg([f"regularizer={name}", *(f"regularizer.{k}={v}" for k, v in changes.items()),
                        f"trainer.max_tokens_per_micro_batch={budget}", f"trainer.token_chunk={chunk}",
-                       "trainer.mini_batches=1", "trainer.grad_clip=1e9", "trainer.lr=0.0"])
+                       "trainer.mini_batches=1", "trainer.grad_clip=1e9"])  # the test optimizer has lr 0
     gen, adv = rollout()
     reg = REGULARIZERS.get(name)
     minis = trainer.micro_batches(gen, cfg)
@@ -183,3 +183,19 @@ def test_no_padding_reaches_the_head_and_on_policy_lpreg_adds_no_forward(monkeyp
     assert len(decoder_calls) == 2  # one no-grad pass of π_old (old log-probs, metrics, proxy) + one training pass
     assert sum(rows) == 3 * n  # old pass + update forward + its recomputation in backward: N rows each, no padding
     assert max(rows) == 7
+
+
+def test_sparse_targets_of_different_widths_per_chunk_are_padded():
+    """π_old's survivor lists differ in length between chunks (a peaked chunk, a flat one): the per-token values of
+    the micro-batch pad them with zeros (index 0, probability 0), which add nothing to the forward KL."""
+    from lpreg.losses.lpreg import old_targets
+
+    model, (gen, _) = tiny_model(), rollout()
+    cfg = replace(REGULARIZERS.get("lpreg").config(), divergence="forward_kl")
+    fns = tokens.old_pass_fns(0.02, old_targets(cfg))
+    with torch.no_grad():
+        mb = tokens.plan(gen, slice(0, B), 0)[0]
+        whole = tokens.per_token(model, mb, 5.0, 0, fns)  # a high temperature: flat rows, many survivors
+        parts = tokens.per_token(model, mb, 5.0, 3, fns)
+    assert parts["proxy_idx"].shape == whole["proxy_idx"].shape
+    torch.testing.assert_close(parts["proxy_q"].sum(-1), whole["proxy_q"].sum(-1))

@@ -5,11 +5,11 @@ cov_t = (A_t − mean A)(log π_θ,t − mean log π_θ), plain means over valid
 - ``kl_cov``: the top-k tokens by cov, k = max(1, floor(N·k_percent/100)) (k_percent is in **percent**),
   get ℓ = −A r + λ|log π_θ − log π_old|; all other tokens get plain −A r (no clipping). On-policy |log r| = 0
   with zero (sub)gradient, so KL-Cov reduces to unclipped PG (why the paper runs it off-policy only).
-Both select per micro-batch (the reference's per-GPU micro-batches) and aggregate over the whole mini-batch.
-
 - ``clip_cov``: PPO-clip; among valid, not-PPO-clipped tokens with lb < cov < ub, up to
   max(1, floor(clip_ratio·N)) tokens chosen uniformly at random (torch's global RNG, seeded by the run) get
   their loss multiplied by 0. ``policy/clipfrac`` is the fraction zeroed.
+
+Both select per micro-batch (the reference's per-GPU micro-batches) and aggregate over the whole mini-batch.
 """
 
 from __future__ import annotations
