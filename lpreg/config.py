@@ -155,6 +155,9 @@ class TrainerConfig:
     # exact mini-batch aggregate whatever this is; Lp-Reg scope=micro_batch selects per micro-batch (the reference).
     max_tokens_per_micro_batch: int = 0
     lr: float = embedded(3e-4, "1e-6 (recipe)")  # 1e-3 destroyed the embedded policy (DESIGN.md §3)
+    # Linear warm-up over this many rollout steps (lpreg/schedule.py; verl actor.optim.lr_warmup_steps, whose
+    # default -1 means none). 0 = off, the behaviour before issue 14: the embedded default's metrics are unchanged.
+    lr_warmup_steps: int = 0
     weight_decay: float = 0.0  # recipe weight_decay=0
     betas: list[float] = field(default_factory=lambda: [0.9, 0.999])  # AdamW betas of the reference (fsdp_workers.py)
     grad_clip: float = 1.0  # recipe grad_clip=1.0
@@ -214,6 +217,7 @@ class SweepConfig:
     storage: str | None = None
     direction: str = "maximize"
     sampler_seed: int = 0
+    sampler: str = "tpe"  # tpe | grid (every combination of categorical params once: an ablation)
     pruner: str = "none"  # none | median | hyperband (one seed per trial; any launcher: reports go through storage)
     params: dict[str, Any] = field(default_factory=dict)  # key -> {type: float|int|categorical, low, high, log, choices}
     trial: int | None = None  # set by the sweeper on each job: the Optuna trial number it evaluates

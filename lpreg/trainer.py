@@ -39,6 +39,7 @@ from lpreg.metrics import mean_metrics, policy_metrics, probability_histogram
 from lpreg.models import load_policy
 from lpreg.rewards import RewardGrader
 from lpreg.rollout import Generation, build_rollout
+from lpreg.schedule import apply_lr
 from lpreg.tasks import build_task
 from lpreg.tokens import MicroBatch, check_head, grid, old_pass_fns, per_token, plan
 
@@ -257,6 +258,7 @@ def train(cfg, job_dir: Path, tracker, resume: checkpoint.Resume | None = None, 
                 metrics = policy_metrics({k: rollout_flat(olds, k) for k in ("entropy", "tail_mass")}, p,
                                          gen.response_mask, gen.response_ids, cfg.metrics.lowprob_threshold, sparks)
             with timer("update"):
+                apply_lr(opt, cfg.trainer.lr, step, cfg.trainer.lr_warmup_steps)  # warm-up (lpreg/schedule.py)
                 metrics.update(update(model, opt, minis, olds, adv, rollout, reg, cfg))
                 engine.sync_weights()
             groups = rewards.view(-1, G)
