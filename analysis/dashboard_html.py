@@ -2,13 +2,13 @@
 
     python analysis/plots.py <multirun folder(s)> --dashboard      # writes <figures folder>/dashboard.html
 
-The page has the same sections as the W&B workspace (``SECTIONS`` in ``lpreg/metrics.py``, in order), each with
-how to read it; one figure per metric (mean over seeds with the 95% CI band (none below 3 seeds), smoothed as the figures are),
-one per logged key for templated names such as ``eval/<source>/pass@k``; the results table in *Accuracy*; the latest
-sample completions and the sampled-probability ridge plot in *Samples*; and a last section with every run's status,
-overrides and config. Figures are embedded as base64 PNG, so the file can be mailed or opened offline; the page has
-no script, and a Content-Security-Policy forbids any. Every run name, config value and sample text is HTML-escaped
-(a sample completion is model output, hence untrusted).
+The page has the same sections as the W&B workspace (``SECTIONS`` in ``lpreg/metrics.py``, in order), each with how to
+read it; one figure per metric (mean over seeds with the 95% CI band, none below 3 seeds, smoothed as the figures
+are), one per logged key for templated names such as ``eval/<source>/pass@k``; the results table in *Accuracy*; the
+latest sample completions and the sampled-probability ridge plot in *Samples*; and a last section with every run's
+status, overrides and config. Figures are embedded as base64 PNG, so the file can be mailed or opened offline; the
+page has no script, and a Content-Security-Policy forbids any. Every run name, config value and sample text is
+HTML-escaped (a sample completion is model output, hence untrusted).
 """
 
 from __future__ import annotations

@@ -26,6 +26,8 @@ _CURVES = {
     "policy/entropy": ("Policy entropy", "entropy (nats, token mean)"),
     "eval/mean": ("Held-out accuracy", "accuracy (mean over sources)"),
     "policy/lowprob_frac": ("Low-probability sampled tokens", "fraction of tokens with π_old(y) < 0.1"),
+    "policy/lowprob_mass": ("Probability mass below the low-probability threshold",
+                            "π_old mass below metrics.lowprob_threshold"),
     "policy/tail_mass": ("Mass removed by the min-p filter", "1 − Z (token mean)"),
     "train/response_len_mean": ("Response length", "tokens"),
     "lpreg/delta": ("Lp-Reg selection threshold δ", "largest π_θ(y) among selected tokens"),

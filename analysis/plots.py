@@ -6,13 +6,16 @@
     python analysis/plots.py --storage sqlite:///path/study.db --study NAME --out DIR
     LPREG_SWEEP_STORAGE=postgresql://u:pw@host/db python analysis/plots.py <sweep folder>  # study.json masks pw
     python analysis/plots.py <multirun folder> --dashboard  # also dashboard.html (analysis/dashboard_html.py)
+    python analysis/plots.py multirun/sweeps/fair          # a fair comparison (+sweep=fair): analysis/fair.py
 
 Writes, into ``--out`` (default ``<first folder>/figures``): one PNG+PDF per metric of ``figures.CURVES`` (mean over
 seeds, 95% CI band where 3 or more seeds ran, one line per regularizer), ``prob_distribution.png/pdf``,
 ``results_{best,final}.{md,tex,csv}`` (mean and CI per arm) and ``paired_{best,final}.{md,tex,csv}`` (each arm minus
 ``none`` paired by seed, with CIs and a mark where they exclude zero; intervals as ``analysis/stats.py`` says), and
 with ``--dashboard`` one self-contained ``dashboard.html`` (the sections of the W&B workspace, the results table, the
-runs' configs and statuses). Missing or partial runs are listed and skipped.
+runs' configs and statuses). On a fair-comparison folder (``fair.json``) the curves and tables use its fresh-seed runs
+only, and ``fair_table.{md,csv}`` and ``fair_sensitivity.{png,pdf}`` are added (``analysis/fair.py``). Missing or
+partial runs are listed and skipped.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ import json
 import sys
 from pathlib import Path
 
+from analysis.fair import eval_folders, read_fair, write_fair
 from analysis.figures import CURVES, file_stem, plot_curve, plot_prob_distribution, plot_sweep, save
 from analysis.load import load_histograms, load_runs, load_wandb
 from analysis.stats import BASELINE, cell_text, ci_caption, curve_stats, paired_table, results_table
@@ -114,8 +118,13 @@ def main(argv=None) -> int:
         return 0
     if not args.folders and not args.wandb:
         ap.error("give run folders, --wandb ENTITY/PROJECT, or --storage URL --study NAME")
+    fair = {f: info for f in args.folders if (info := read_fair(f)) is not None}
+    # a fair comparison's curves and tables come from its fresh-seed runs only, never from its tuning trials
+    folders = [p for f in args.folders for p in (eval_folders(f, fair[f]) if f in fair else [f])]
     try:
-        runs = load_wandb(args.wandb, args.group) if args.wandb else load_runs(args.folders)
+        if fair and not folders:
+            raise FileNotFoundError(f"{', '.join(map(str, fair))}: no fresh-seed runs yet (fair.json eval_dirs)")
+        runs = load_wandb(args.wandb, args.group) if args.wandb else load_runs(folders)
     except FileNotFoundError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
@@ -138,6 +147,8 @@ def main(argv=None) -> int:
             steps = [int(s) for s in args.steps.split(",")] if args.steps else None
             written += save(plot_prob_distribution(hists, steps), out, "prob_distribution")
         written += write_tables(runs.summaries, out)
+    for folder, info in fair.items():
+        written += write_fair(folder, out, unmask(info["storage"], STORAGE_ENV))
     for folder in args.folders:
         study = folder / "study.json"
         if study.exists():

@@ -221,6 +221,10 @@ class SweepConfig:
     pruner: str = "none"  # none | median | hyperband (one seed per trial; any launcher: reports go through storage)
     params: dict[str, Any] = field(default_factory=dict)  # key -> {type: float|int|categorical, low, high, log, choices}
     trial: int | None = None  # set by the sweeper on each job: the Optuna trial number it evaluates
+    # The fair comparison (issue 20, hydra_plugins/lpreg_sweeper/fair.py), on when eval_seeds is set: fresh seeds on
+    # which each arm's best trial is re-run, and arm -> sweeps/<file> whose params that arm tunes besides sweep.params.
+    eval_seeds: list[int] = field(default_factory=list)
+    spaces: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass

@@ -14,7 +14,8 @@ With p = softmax(z) over the vocabulary, each filter keeps the survivors S and �
   keeps all).
 - ``eta`` (the entropy-adaptive threshold of η-sampling, Hewitt et al. 2022, transformers' ``eta_cutoff``)
   [``eta_epsilon``]: S = {v : p_v >= η}, η = min(ε, √ε · exp(−H(p))), H the entropy in nats. A flat distribution
-  (high H) gets a low threshold, a peaked one up to ε. For ε < 1 the argmax always survives: max p >= exp(−H) > √ε·exp(−H) >= η.
+  (high H) gets a low threshold, a peaked one up to ε. For ε < 1 the argmax always survives:
+  max p >= exp(−H) > √ε·exp(−H) >= η.
 
 Filtered logits are set to ``FILTERED = -1e4`` (the reference's hard filter), so the proxy log-prob of a
 filtered token is about -1e4. Everything is computed in fp32 (or the input's dtype if wider), without gradient,

@@ -208,7 +208,7 @@ def train(cfg, job_dir: Path, tracker, resume: checkpoint.Resume | None = None, 
         *checkpoint.load_model(resume.path), str(resume.path))
     check_head(model)
     reg = REGULARIZERS.get(cfg.regularizer.name)
-    old_fns = old_pass_fns(cfg.metrics.tail_kappa, reg.old_targets(cfg.regularizer))
+    old_fns = old_pass_fns(cfg.metrics.tail_kappa, reg.old_targets(cfg.regularizer), cfg.metrics.lowprob_threshold)
     sampler = PromptSampler(len(task.train_problems()), cfg.seed)
     model.to(device)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.trainer.lr, weight_decay=cfg.trainer.weight_decay,
@@ -255,8 +255,9 @@ def train(cfg, job_dir: Path, tracker, resume: checkpoint.Resume | None = None, 
                 mask = gen.response_mask > 0
                 rollout = reg.rollout_targets(cfg.regularizer, old_lp, adv[mask])
                 p = torch.zeros_like(gen.response_mask).masked_scatter(mask, old_lp.exp())  # [B, R] π_old(y)
-                metrics = policy_metrics({k: rollout_flat(olds, k) for k in ("entropy", "tail_mass")}, p,
-                                         gen.response_mask, gen.response_ids, cfg.metrics.lowprob_threshold, sparks)
+                per_token_old = {k: rollout_flat(olds, k) for k in ("entropy", "tail_mass", "lowprob_mass")}
+                metrics = policy_metrics(per_token_old, p, gen.response_mask, gen.response_ids,
+                                         cfg.metrics.lowprob_threshold, sparks)
             with timer("update"):
                 apply_lr(opt, cfg.trainer.lr, step, cfg.trainer.lr_warmup_steps)  # warm-up (lpreg/schedule.py)
                 metrics.update(update(model, opt, minis, olds, adv, rollout, reg, cfg))

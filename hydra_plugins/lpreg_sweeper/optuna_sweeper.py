@@ -137,6 +137,10 @@ class LpregOptunaSweeper(Sweeper):
         sweep = cfg.get("sweep")
         if sweep is None or not sweep.get("params"):
             raise ValueError("hydra/sweeper=lpreg_optuna needs a study: add +sweep=<name> (files in sweeps/)")
+        if sweep.get("eval_seeds"):  # the fair comparison of arms (issue 20): hydra_plugins/lpreg_sweeper/fair.py
+            from hydra_plugins.lpreg_sweeper.fair import run_fair
+
+            return run_fair(self, arguments)
         sweep_dir = Path(cfg.hydra.sweep.dir)
         sweep_dir.mkdir(parents=True, exist_ok=True)
         storage = storage_url(sweep, sweep_dir)
