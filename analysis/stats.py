@@ -16,6 +16,7 @@ by the same rule. A difference "excludes zero" when its whole CI is on one side 
 
 from __future__ import annotations
 
+import functools
 import math
 
 import numpy as np
@@ -26,11 +27,13 @@ BOOTSTRAP_MIN_N = 10  # from this many seeds on, the percentile bootstrap replac
 BASELINE = "none"  # the arm every other arm is compared with
 
 
+@functools.lru_cache(maxsize=None)  # curve_stats asks for the same few quantiles at every step
 def t_quantile(q: float, df: int) -> float:
     """The q-quantile (q > 0.5) of Student's t with ``df`` degrees of freedom, by bisection on its CDF.
 
     CDF(x) = 1/2 + ∫_0^x f(t) dt with f(t) = Γ((df+1)/2) / (√(df π) Γ(df/2)) · (1 + t²/df)^(−(df+1)/2), the integral by
-    Simpson's rule on 4,000 intervals (|error| < 1e-9 for df >= 1 and x <= 1000); bisection to 1e-10.
+    Simpson's rule on 4,000 intervals; bisection to 1e-10. Matches the tabulated 0.975 quantiles of df 1, 2, 4 and 9
+    to 2e-6 (tests/test_stats.py). Written out because scipy is not a dependency.
     """
     if not 0.5 < q < 1:
         raise ValueError(f"t_quantile needs 0.5 < q < 1, got {q}")

@@ -4,6 +4,7 @@ import math
 
 import pytest
 import torch
+from omegaconf import OmegaConf
 
 from lpreg.losses.lpreg import LpRegConfig, old_targets, proxy_param
 from lpreg.proxy import FILTERED, proxy_distribution, proxy_log_prob, proxy_support, survivors
@@ -73,3 +74,20 @@ def test_unknown_proxy_names_the_key():
     with pytest.raises(ValueError, match="regularizer.proxy"):
         survivors(torch.zeros(1, 3), 0.1, "nucleus")
     assert math.isclose(proxy_param(LpRegConfig()), 0.02)
+
+
+def test_the_proxy_sweep_visits_each_filter_once(tmp_path):
+    import optuna
+
+    from hydra_plugins.lpreg_sweeper.optuna_sweeper import make_sampler, open_study, suggest
+    from lpreg.config import ROOT
+
+    sweep = OmegaConf.load(ROOT / "sweeps" / "proxy.yaml").sweep
+    sweep = OmegaConf.merge({"direction": "maximize", "sampler_seed": 0, "pruner": "none"}, sweep)
+    study = open_study(sweep, f"sqlite:///{tmp_path}/s.db")
+    picked = [suggest(study.ask(), k, dict(v)) for _ in range(sweep.n_trials) for k, v in sweep.params.items()]
+    assert sorted(picked) == sorted(["minp", "fixed", "topp", "topk", "eta"])
+    bad = OmegaConf.merge(sweep, {"params": {"regularizer.kappa": {"type": "float", "low": 0.01, "high": 0.1}}})
+    with pytest.raises(ValueError, match="sweep.sampler=grid needs categorical sweep.params; regularizer.kappa"):
+        make_sampler(bad)
+    assert isinstance(make_sampler(OmegaConf.merge(sweep, {"sampler": "tpe"})), optuna.samplers.TPESampler)
