@@ -155,8 +155,8 @@ class TrainerConfig:
     # exact mini-batch aggregate whatever this is; Lp-Reg scope=micro_batch selects per micro-batch (the reference).
     max_tokens_per_micro_batch: int = 0
     lr: float = embedded(3e-4, "1e-6 (recipe)")  # 1e-3 destroyed the embedded policy (DESIGN.md §3)
-    # Linear warm-up over this many rollout steps (lpreg/schedule.py; verl actor.optim.lr_warmup_steps, whose
-    # default -1 means none). 0 = off, the behaviour before issue 14: the embedded default's metrics are unchanged.
+    # Linear warm-up over this many rollout steps (lpreg/schedule.py; as verl's actor.optim.lr_warmup_steps).
+    # 0 = off, the behaviour before issue 14: the embedded default's metrics are unchanged.
     lr_warmup_steps: int = 0
     weight_decay: float = 0.0  # recipe weight_decay=0
     betas: list[float] = field(default_factory=lambda: [0.9, 0.999])  # AdamW betas of the reference (fsdp_workers.py)
