@@ -2,13 +2,13 @@
 
     python analysis/plots.py <multirun folder(s)> --dashboard      # writes <figures folder>/dashboard.html
 
-The page has the same sections as the W&B workspace (``SECTIONS`` in ``lpreg/metrics.py``, in order), each with
-how to read it; one figure per metric (mean over seeds with the 95% bootstrap band, smoothed as the figures are),
-one per logged key for templated names such as ``eval/<source>/pass@k``; the results table in *Accuracy*; the latest
-sample completions and the sampled-probability ridge plot in *Samples*; and a last section with every run's status,
-overrides and config. Figures are embedded as base64 PNG, so the file can be mailed or opened offline; the page has
-no script, and a Content-Security-Policy forbids any. Every run name, config value and sample text is HTML-escaped
-(a sample completion is model output, hence untrusted).
+The page has the same sections as the W&B workspace (``SECTIONS`` in ``lpreg/metrics.py``, in order), each with how to
+read it; one figure per metric (mean over seeds with the 95% CI band, none below 3 seeds, smoothed as the figures
+are), one per logged key for templated names such as ``eval/<source>/pass@k``; the results table in *Accuracy*; the
+latest sample completions and the sampled-probability ridge plot in *Samples*; and a last section with every run's
+status, overrides and config. Figures are embedded as base64 PNG, so the file can be mailed or opened offline; the
+page has no script, and a Content-Security-Policy forbids any. Every run name, config value and sample text is
+HTML-escaped (a sample completion is model output, hence untrusted).
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ import pandas as pd
 
 from analysis.figures import color, label, plot_curve, plot_prob_distribution
 from analysis.load import Runs, job_folders, load_histograms
-from analysis.stats import curve_stats, results_table
+from analysis.stats import cell_text, ci_caption, curve_stats, results_table
 from lpreg.dashboard import READING
 from lpreg.metrics import METRICS, SECTIONS, is_template, keys_of, smoothing_points
 
@@ -105,15 +105,15 @@ def curve_figures(metrics: pd.DataFrame, name: str) -> list[str]:
 
 
 def results_html(summaries: dict[str, dict]) -> str:
-    """Held-out accuracy (%) per regularizer and source, mean ± half-width of the 95% bootstrap CI, both protocols."""
+    """Held-out accuracy (%) per regularizer and source, mean ± half-width of the 95% CI (``analysis/stats.py``: none
+    below 3 seeds), both protocols."""
     parts = []
     for protocol in ("best", "final"):
         t = results_table(summaries, protocol)
         if t.empty:
             continue
         sources = sorted(set(t.source) - {"mean"}) + ["mean"]
-        cell = {(r.regularizer, r.source): f"{100 * r['mean']:.2f} ± {100 * (r.ci_high - r.ci_low) / 2:.2f}"
-                for _, r in t.iterrows()}
+        cell = {(r.regularizer, r.source): cell_text(r["mean"], r.ci_low, r.ci_high, r.seeds) for _, r in t.iterrows()}
         head = "".join(f"<th>{esc(s)}</th>" for s in ["regularizer", "seeds", *sources])
         rows = "".join(
             f"<tr><td>{esc(label(reg))}</td><td>{int(t[t.regularizer == reg].seeds.max())}</td>"
@@ -121,7 +121,7 @@ def results_html(summaries: dict[str, dict]) -> str:
             for reg in sorted(t.regularizer.unique()))
         what = "best evaluation during training (the paper's protocol)" if protocol == "best" else "last evaluation"
         parts.append(f'<table class="results"><caption>Held-out accuracy (%), {esc(what)}; mean ± half-width of the '
-                     f"95% bootstrap CI over seeds</caption><tr>{head}</tr>{rows}</table>")
+                     f"95% CI over seeds. {esc(ci_caption(t.method))}</caption><tr>{head}</tr>{rows}</table>")
     return f'<div class="tables">{"".join(parts)}</div>' if parts else "<p>No evaluations in any run.</p>"
 
 
@@ -216,7 +216,8 @@ def build_page(runs: Runs, jobs: list[Job], title: str, hists: pd.DataFrame | No
             f'<meta name="viewport" content="width=device-width,initial-scale=1"><link rel="icon" href="data:,">'
             f"<title>{esc(title)}</title><style>{CSS}</style></head><body>"
             f"<h1>{esc(title)}</h1><p>{n_done} of {len(jobs)} runs completed; arms: {esc(arms)}. One line per "
-            "regularizer: mean over seeds and its 95% bootstrap band, against training step (rollout batches); "
+            "regularizer: mean over seeds and its 95% CI band (analysis/stats.py: none below 3 seeds), against "
+            "training step (rollout batches); "
             "per-step series smoothed as said in each title. Sections as in the W&amp;B workspace of "
             "<code>python -m lpreg.dashboard</code>.</p>" + "".join(body) + "</body></html>")
 

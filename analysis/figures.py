@@ -1,4 +1,5 @@
-"""Figures: one line per regularizer (mean over seeds, 95% bootstrap band) against training step, the
+"""Figures: one line per regularizer (mean over seeds, 95% CI band where 3 or more seeds ran, ``analysis/stats.py``)
+against training step, the
 sampled-probability distribution over training (the paper's Fig. 1 style), and Optuna sweep plots.
 
 Labels and colors come from the regularizer registry (``lpreg/losses``), so an arm has the same name and color in every
@@ -25,6 +26,8 @@ _CURVES = {
     "policy/entropy": ("Policy entropy", "entropy (nats, token mean)"),
     "eval/mean": ("Held-out accuracy", "accuracy (mean over sources)"),
     "policy/lowprob_frac": ("Low-probability sampled tokens", "fraction of tokens with π_old(y) < 0.1"),
+    "policy/lowprob_mass": ("Probability mass below the low-probability threshold",
+                            "π_old mass below metrics.lowprob_threshold"),
     "policy/tail_mass": ("Mass removed by the min-p filter", "1 − Z (token mean)"),
     "train/response_len_mean": ("Response length", "tokens"),
     "lpreg/delta": ("Lp-Reg selection threshold δ", "largest π_θ(y) among selected tokens"),
@@ -62,13 +65,15 @@ def file_stem(metric: str) -> str:
 
 
 def plot_curve(stats: pd.DataFrame, metric: str, title: str | None = None, ylabel: str | None = None):
-    """Mean line and CI band per regularizer from ``curve_stats`` output."""
+    """Mean line and CI band per regularizer from ``curve_stats`` output (no band where fewer than 3 seeds ran: the
+    legend says so)."""
     fig, ax = plt.subplots(figsize=(6.4, 4.0), constrained_layout=True)
     for reg in legend_order(stats.regularizer.unique()):
         g = stats[stats.regularizer == reg].sort_values("step")
         n = int(g.n.max())
-        ax.plot(g.step, g["mean"], color=color(reg), lw=1.6, label=f"{label(reg)} (n={n})")
-        ax.fill_between(g.step, g.low, g.high, color=color(reg), alpha=0.2, lw=0)
+        note = "" if g.low.notna().any() else ", no CI"
+        ax.plot(g.step, g["mean"], color=color(reg), lw=1.6, label=f"{label(reg)} (n={n}{note})")
+        ax.fill_between(g.step, g.low, g.high, color=color(reg), alpha=0.2, lw=0)  # NaN bounds: no band
     ax.set_title(title or metric)
     ax.set_xlabel("training step (rollout batches)")
     ax.set_ylabel(ylabel or metric)

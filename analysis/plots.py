@@ -6,11 +6,16 @@
     python analysis/plots.py --storage sqlite:///path/study.db --study NAME --out DIR
     LPREG_SWEEP_STORAGE=postgresql://u:pw@host/db python analysis/plots.py <sweep folder>  # study.json masks pw
     python analysis/plots.py <multirun folder> --dashboard  # also dashboard.html (analysis/dashboard_html.py)
+    python analysis/plots.py multirun/sweeps/fair          # a fair comparison (+sweep=fair): analysis/fair.py
 
 Writes, into ``--out`` (default ``<first folder>/figures``): one PNG+PDF per metric of ``figures.CURVES`` (mean over
-seeds, 95% bootstrap band, one line per regularizer), ``prob_distribution.png/pdf``, and
-``results_{best,final}.{md,tex,csv}``, and with ``--dashboard`` one self-contained ``dashboard.html`` (the sections of
-the W&B workspace, the results table, the runs' configs and statuses). Missing or partial runs are listed and skipped.
+seeds, 95% CI band where 3 or more seeds ran, one line per regularizer), ``prob_distribution.png/pdf``,
+``results_{best,final}.{md,tex,csv}`` (mean and CI per arm) and ``paired_{best,final}.{md,tex,csv}`` (each arm minus
+``none`` paired by seed, with CIs and a mark where they exclude zero; intervals as ``analysis/stats.py`` says), and
+with ``--dashboard`` one self-contained ``dashboard.html`` (the sections of the W&B workspace, the results table, the
+runs' configs and statuses). On a fair-comparison folder (``fair.json``) the curves and tables use its fresh-seed runs
+only, and ``fair_table.{md,csv}`` and ``fair_sensitivity.{png,pdf}`` are added (``analysis/fair.py``). Missing or
+partial runs are listed and skipped.
 """
 
 from __future__ import annotations
@@ -20,27 +25,17 @@ import json
 import sys
 from pathlib import Path
 
+from analysis.fair import eval_folders, read_fair, write_fair
 from analysis.figures import CURVES, file_stem, plot_curve, plot_prob_distribution, plot_sweep, save
 from analysis.load import load_histograms, load_runs, load_wandb
-from analysis.stats import curve_stats, results_table
+from analysis.stats import BASELINE, cell_text, ci_caption, curve_stats, paired_table, results_table
 from lpreg.mdtable import md_table, tex_cell
 from lpreg.pruning import STORAGE_ENV
 from lpreg.redact import unmask
 
 
-def table_text(table, fmt: str) -> str:
-    """Markdown or LaTeX: one row per regularizer, one column per source, cells ``mean ± half-CI``."""
-    sources = sorted(set(table.source) - {"mean"}) + ["mean"]
-    regs = sorted(table.regularizer.unique())
-    cell = {(r.regularizer, r.source): f"{100 * r['mean']:.2f} ± {100 * (r.ci_high - r.ci_low) / 2:.2f}"
-            for _, r in table.iterrows()}
-    seeds = {r: int(table[table.regularizer == r].seeds.max()) for r in regs}
-    proto = table.protocol.iloc[0]
-    note = (f"Held-out accuracy (%), {proto} evaluation during training "
-            f"({'best over evaluations, as the paper' if proto == 'best' else 'last evaluation'}); "
-            "mean ± half-width of the 95% bootstrap CI over seeds.")
-    header = ["regularizer", "seeds", *sources]
-    body = [[r, str(seeds[r]), *[cell.get((r, s), "-") for s in sources]] for r in regs]
+def render(note: str, header: list[str], body: list[list[str]], fmt: str) -> str:
+    """A table as Markdown (``md``) or LaTeX (``tex``) with ``note`` above it (LaTeX: as a comment)."""
     if fmt == "md":  # regularizer and source names come from run files: escaped (lpreg/mdtable.py)
         return note + "\n\n" + md_table(header, body)
     esc = lambda s: tex_cell(s).replace("±", r"$\pm$")
@@ -48,6 +43,60 @@ def table_text(table, fmt: str) -> str:
              " & ".join(map(esc, header)) + r" \\", r"\midrule"]
     lines += [" & ".join(map(esc, row)) + r" \\" for row in body]
     return "% " + note + "\n" + "\n".join(lines + [r"\bottomrule", r"\end{tabular}"]) + "\n"
+
+
+def _protocol_text(proto: str) -> str:
+    return (f"Held-out accuracy (%), {proto} evaluation during training "
+            f"({'best over evaluations, as the paper' if proto == 'best' else 'last evaluation'})")
+
+
+def table_text(table, fmt: str) -> str:
+    """Markdown or LaTeX: one row per regularizer, one column per source, cells ``mean ± half-CI`` (``mean (n=2, no CI)``
+    where fewer than 3 seeds ran)."""
+    sources = sorted(set(table.source) - {"mean"}) + ["mean"]
+    regs = sorted(table.regularizer.unique())
+    cell = {(r.regularizer, r.source): cell_text(r["mean"], r.ci_low, r.ci_high, r.seeds) for _, r in table.iterrows()}
+    seeds = {r: int(table[table.regularizer == r].seeds.max()) for r in regs}
+    note = f"{_protocol_text(table.protocol.iloc[0])}; mean ± half-width of the 95% CI over seeds. " + \
+        ci_caption(table.method)
+    header = ["regularizer", "seeds", *sources]
+    body = [[r, str(seeds[r]), *[cell.get((r, s), "-") for s in sources]] for r in regs]
+    return render(note, header, body, fmt)
+
+
+def paired_text(table, fmt: str) -> str:
+    """Markdown or LaTeX: each arm minus the baseline, paired by seed; cells ``diff ± half-CI`` with ``*`` where the
+    CI excludes zero, ``diff (n=2, no CI)`` where fewer than 3 pairs ran."""
+    sources = sorted(set(table.source) - {"mean"}) + ["mean"]
+    regs = sorted(table.regularizer.unique())
+    cell = {(r.regularizer, r.source): cell_text(r["diff"], r.ci_low, r.ci_high, r.pairs)
+            + (" *" if r.excludes_zero else "") for _, r in table.iterrows()}
+    pairs = {r: int(table[table.regularizer == r].pairs.max()) for r in regs}
+    base = table.baseline.iloc[0]
+    note = (f"{_protocol_text(table.protocol.iloc[0])}: difference to {base}, paired by seed (arm − {base}, "
+            f"percentage points); mean difference ± half-width of its 95% CI. {ci_caption(table.method)} "
+            "* marks a CI that excludes zero.")
+    header = ["regularizer", "pairs", *sources]
+    body = [[r, str(pairs[r]), *[cell.get((r, s), "-") for s in sources]] for r in regs]
+    return render(note, header, body, fmt)
+
+
+def write_tables(summaries: dict, out: Path) -> list[Path]:
+    """``results_{best,final}`` and ``paired_{best,final}`` as csv, md and tex; returns the files written."""
+    written = []
+    for protocol in ("best", "final"):
+        for stem, table, text in (("results", results_table(summaries, protocol), table_text),
+                                  ("paired", paired_table(summaries, protocol), paired_text)):
+            if table.empty:
+                print(f"{stem}_{protocol} skipped: " + ("no evaluations in any run" if stem == "results" else
+                                                       f"no arm to compare with {BASELINE} on a shared seed"))
+                continue
+            out.mkdir(parents=True, exist_ok=True)
+            table.to_csv(out / f"{stem}_{protocol}.csv", index=False)
+            (out / f"{stem}_{protocol}.md").write_text(text(table, "md"))
+            (out / f"{stem}_{protocol}.tex").write_text(text(table, "tex"))
+            written += [out / f"{stem}_{protocol}.{e}" for e in ("csv", "md", "tex")]
+    return written
 
 
 def main(argv=None) -> int:
@@ -69,8 +118,13 @@ def main(argv=None) -> int:
         return 0
     if not args.folders and not args.wandb:
         ap.error("give run folders, --wandb ENTITY/PROJECT, or --storage URL --study NAME")
+    fair = {f: info for f in args.folders if (info := read_fair(f)) is not None}
+    # a fair comparison's curves and tables come from its fresh-seed runs only, never from its tuning trials
+    folders = [p for f in args.folders for p in (eval_folders(f, fair[f]) if f in fair else [f])]
     try:
-        runs = load_wandb(args.wandb, args.group) if args.wandb else load_runs(args.folders)
+        if fair and not folders:
+            raise FileNotFoundError(f"{', '.join(map(str, fair))}: no fresh-seed runs yet (fair.json eval_dirs)")
+        runs = load_wandb(args.wandb, args.group) if args.wandb else load_runs(folders)
     except FileNotFoundError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
@@ -92,15 +146,9 @@ def main(argv=None) -> int:
         if hists is not None and not hists.empty:
             steps = [int(s) for s in args.steps.split(",")] if args.steps else None
             written += save(plot_prob_distribution(hists, steps), out, "prob_distribution")
-        for protocol in ("best", "final"):
-            table = results_table(runs.summaries, protocol)
-            if table.empty:
-                print(f"no evaluations in any run: results_{protocol} skipped")
-                continue
-            table.to_csv(out / f"results_{protocol}.csv", index=False)
-            (out / f"results_{protocol}.md").write_text(table_text(table, "md"))
-            (out / f"results_{protocol}.tex").write_text(table_text(table, "tex"))
-            written += [out / f"results_{protocol}.{e}" for e in ("csv", "md", "tex")]
+        written += write_tables(runs.summaries, out)
+    for folder, info in fair.items():
+        written += write_fair(folder, out, unmask(info["storage"], STORAGE_ENV))
     for folder in args.folders:
         study = folder / "study.json"
         if study.exists():

@@ -167,6 +167,9 @@ class TrainerConfig:
     # exact mini-batch aggregate whatever this is; Lp-Reg scope=micro_batch selects per micro-batch (the reference).
     max_tokens_per_micro_batch: int = ranged(0, NON_NEGATIVE)
     lr: float = embedded(3e-4, "1e-6 (recipe)", POSITIVE)  # 1e-3 destroyed the embedded policy (DESIGN.md §3)
+    # Linear warm-up over this many rollout steps (lpreg/schedule.py; as verl's actor.optim.lr_warmup_steps).
+    # 0 = off, the behaviour before issue 14: the embedded default's metrics are unchanged.
+    lr_warmup_steps: int = ranged(0, NON_NEGATIVE)
     weight_decay: float = ranged(0.0, NON_NEGATIVE)  # recipe weight_decay=0
     # AdamW betas of the reference (fsdp_workers.py)
     betas: list[float] = ranged_list(lambda: [0.9, 0.999], Range(0, 1, hi_open=True))
@@ -239,6 +242,7 @@ class SweepConfig:
     storage: str | None = None
     direction: str = "maximize"
     sampler_seed: int = 0
+    sampler: str = "tpe"  # tpe | grid (every combination of categorical params once: an ablation)
     pruner: str = "none"  # none | median | hyperband (one seed per trial; any launcher: reports go through storage)
     params: dict[str, Any] = field(default_factory=dict)  # key -> {type: float|int|categorical, low, high, log, choices}
     # Trials left RUNNING by a dead sweeper process: each running trial's heartbeat is recorded every
@@ -248,6 +252,10 @@ class SweepConfig:
     grace_s: int = ranged(180, AT_LEAST_1)
     max_retries: int = ranged(0, NON_NEGATIVE)
     trial: int | None = None  # set by the sweeper on each job: the Optuna trial number it evaluates
+    # The fair comparison (issue 20, hydra_plugins/lpreg_sweeper/fair.py), on when eval_seeds is set: fresh seeds on
+    # which each arm's best trial is re-run, and arm -> sweeps/<file> whose params that arm tunes besides sweep.params.
+    eval_seeds: list[int] = field(default_factory=list)
+    spaces: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass

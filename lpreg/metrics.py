@@ -15,6 +15,9 @@ import torch
 METRICS: dict[str, str] = {
     "policy/entropy": "full-vocabulary entropy of π_old at T on the rollout's response tokens, token-mean",
     "policy/lowprob_frac": "fraction of sampled response tokens with π_old(y) < metrics.lowprob_threshold",
+    "policy/lowprob_count": "number of sampled response tokens of the rollout with π_old(y) < metrics.lowprob_threshold",
+    "policy/lowprob_mass": "mean over response positions of π_old's full-vocabulary mass on tokens below "
+                           "metrics.lowprob_threshold (the exact expectation that policy/lowprob_frac samples)",
     "policy/tail_mass": "mean over response positions of the mass the min-p filter (metrics.tail_kappa) removes, 1-Z",
     "policy/sampled_prob_mean": "mean π_old(y) of sampled response tokens",
     "policy/approx_kl": "k3 estimate of KL(π_θ‖π_old) on sampled tokens, mean over mini-batches",
@@ -63,7 +66,8 @@ METRICS: dict[str, str] = {
 # section in display order. Every METRICS name appears in exactly one section (tests/test_dashboard.py checks), so
 # a renamed or new metric cannot leave a dead panel or go unseen.
 SECTIONS: dict[str, tuple[str, ...]] = {
-    "Entropy collapse": ("policy/entropy", "policy/lowprob_frac", "policy/tail_mass", "policy/sampled_prob_mean"),
+    "Entropy collapse": ("policy/entropy", "policy/lowprob_frac", "policy/lowprob_mass", "policy/lowprob_count",
+                         "policy/tail_mass", "policy/sampled_prob_mean"),
     "Accuracy": ("eval/mean", "eval/<source>/acc", "eval/<source>/greedy", "eval/<source>/avg@k",
                  "eval/<source>/pass@k", "train/reward_mean", "train/accuracy"),
     "Lp-Reg internals": ("lpreg/delta", "lpreg/candidates", "lpreg/regularized", "lpreg/reg_ratio", "lpreg/div_mean",
@@ -128,6 +132,13 @@ def token_entropy(logits: torch.Tensor) -> torch.Tensor:
     return torch.logsumexp(logits, -1) - (torch.softmax(logits, -1) * logits).sum(-1)
 
 
+def lowprob_mass(logits: torch.Tensor, threshold: float) -> torch.Tensor:
+    """Σ_v π(v)·1[π(v) < threshold], π = softmax(logits): ``[..., V] -> [...]``. Its mean over positions is the
+    expectation of 1[π(y) < threshold] for y ~ π, which ``policy/lowprob_frac`` estimates from one sample per position."""
+    probs = torch.softmax(logits, -1)  # [..., V]
+    return (probs * (probs < threshold)).sum(-1)
+
+
 def masked_mean_value(x: torch.Tensor, mask: torch.Tensor) -> float:
     n = mask.sum()
     return (x * mask).sum().item() / n.item() if n > 0 else math.nan
@@ -135,14 +146,18 @@ def masked_mean_value(x: torch.Tensor, mask: torch.Tensor) -> float:
 
 def policy_metrics(old: dict[str, torch.Tensor], p: torch.Tensor, mask: torch.Tensor, response_ids: torch.Tensor,
                    lowprob_threshold: float, sparks: dict[str, torch.Tensor]) -> dict[str, float]:
-    """``policy/*`` and ``sparks/*`` of a rollout: ``old`` holds π_old's flat per-token ``entropy`` and ``tail_mass``
-    over all response tokens; ``p`` is π_old(y) ``[B, R]``, ``mask`` the response mask, ``response_ids`` the tokens."""
+    """``policy/*`` and ``sparks/*`` of a rollout: ``old`` holds π_old's flat per-token ``entropy``, ``tail_mass``
+    and (optionally) ``lowprob_mass`` over all response tokens; ``p`` is π_old(y) ``[B, R]``, ``mask`` the response
+    mask, ``response_ids`` the tokens."""
     out = {
         "policy/entropy": old["entropy"].mean().item() if old["entropy"].numel() else math.nan,
         "policy/tail_mass": old["tail_mass"].mean().item() if old["tail_mass"].numel() else math.nan,
         "policy/sampled_prob_mean": masked_mean_value(p, mask),
         "policy/lowprob_frac": masked_mean_value((p < lowprob_threshold).float(), mask),
+        "policy/lowprob_count": float(((p < lowprob_threshold) & (mask > 0)).sum()),
     }
+    if "lowprob_mass" in old:
+        out["policy/lowprob_mass"] = old["lowprob_mass"].mean().item() if old["lowprob_mass"].numel() else math.nan
     for name, ids in sparks.items():
         out[f"sparks/{name}/prob"] = masked_mean_value(p, torch.isin(response_ids, ids).float() * mask)
     return out

@@ -30,7 +30,7 @@ from dataclasses import dataclass
 import torch
 from torch.utils.checkpoint import checkpoint
 
-from lpreg.metrics import token_entropy
+from lpreg.metrics import lowprob_mass, token_entropy
 from lpreg.proxy import tail_mass
 
 TokenFn = Callable[[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]], torch.Tensor]
@@ -161,8 +161,11 @@ def _cat_padded(parts: list[torch.Tensor]) -> torch.Tensor:
     return torch.cat(parts)
 
 
-def old_pass_fns(tail_kappa: float, reg_fns: dict[str, TokenFn]) -> dict[str, TokenFn]:
-    """What the no-grad pass of π_old computes besides log π_old(y): the policy metrics' entropy and tail mass, and
-    the regularizer's declared old targets."""
-    return {"entropy": lambda z, y, old: token_entropy(z), "tail_mass": lambda z, y, old: tail_mass(z, tail_kappa),
-            **reg_fns}
+def old_pass_fns(tail_kappa: float, reg_fns: dict[str, TokenFn], lowprob_threshold: float | None = None
+                 ) -> dict[str, TokenFn]:
+    """What the no-grad pass of π_old computes besides log π_old(y): the policy metrics' entropy, tail mass and (given
+    ``lowprob_threshold``) low-probability mass, and the regularizer's declared old targets."""
+    out = {"entropy": lambda z, y, old: token_entropy(z), "tail_mass": lambda z, y, old: tail_mass(z, tail_kappa)}
+    if lowprob_threshold is not None:
+        out["lowprob_mass"] = lambda z, y, old: lowprob_mass(z, lowprob_threshold)
+    return {**out, **reg_fns}

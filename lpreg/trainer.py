@@ -47,6 +47,7 @@ from lpreg.metrics import logprob_gap, mean_metrics, policy_metrics, probability
 from lpreg.models import load_policy
 from lpreg.rewards import RewardGrader
 from lpreg.rollout import Generation, build_rollout, encode_prompts, request_seed
+from lpreg.schedule import apply_lr
 from lpreg.tasks import build_task
 from lpreg.testhooks import kill_point
 from lpreg.tokens import MicroBatch, check_head, grid, old_pass_fns, per_token, plan
@@ -220,7 +221,7 @@ def train(cfg, job_dir: Path, tracker, resume: checkpoint.Resume | None = None, 
         *checkpoint.load_model(resume.path), str(resume.path))
     check_head(model)
     reg = REGULARIZERS.get(cfg.regularizer.name)
-    old_fns = old_pass_fns(cfg.metrics.tail_kappa, reg.old_targets(cfg.regularizer))
+    old_fns = old_pass_fns(cfg.metrics.tail_kappa, reg.old_targets(cfg.regularizer), cfg.metrics.lowprob_threshold)
     sampler = PromptSampler(len(task.train_problems()), cfg.seed)
     model.to(device)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.trainer.lr, weight_decay=cfg.trainer.weight_decay,
@@ -271,13 +272,15 @@ def train(cfg, job_dir: Path, tracker, resume: checkpoint.Resume | None = None, 
                 mask = gen.response_mask > 0
                 rollout = reg.rollout_targets(cfg.regularizer, old_lp, adv[mask])
                 p = torch.zeros_like(gen.response_mask).masked_scatter(mask, old_lp.exp())  # [B, R] π_old(y)
-                metrics = policy_metrics({k: rollout_flat(olds, k) for k in ("entropy", "tail_mass")}, p,
-                                         gen.response_mask, gen.response_ids, cfg.metrics.lowprob_threshold, sparks)
+                per_token_old = {k: rollout_flat(olds, k) for k in ("entropy", "tail_mass", "lowprob_mass")}
+                metrics = policy_metrics(per_token_old, p, gen.response_mask, gen.response_ids,
+                                         cfg.metrics.lowprob_threshold, sparks)
                 if gen.rollout_log_prob is not None:
                     metrics.update(logprob_gap(old_lp, gen.rollout_log_prob[mask]))
                     if cfg.rollout.tis_cap:
                         adv = adv * tis_weights(p, gen.rollout_log_prob, cfg.rollout.tis_cap)
             with timer("update"):
+                apply_lr(opt, cfg.trainer.lr, step, cfg.trainer.lr_warmup_steps)  # warm-up (lpreg/schedule.py)
                 metrics.update(update(model, opt, minis, olds, adv, rollout, reg, cfg))
                 engine.sync_weights()
             kill_point(step, "update")

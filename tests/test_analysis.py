@@ -39,9 +39,15 @@ def test_cli_writes_figures_and_tables(multirun):
         for ext in ("png", "pdf"):
             assert (out / f"{stem}.{ext}").stat().st_size > 1000, stem
     for protocol in ("best", "final"):
-        for ext in ("md", "tex", "csv"):
-            assert (out / f"results_{protocol}.{ext}").stat().st_size > 0
-    assert "best evaluation during training" in (out / "results_best.md").read_text()
+        for stem in ("results", "paired"):
+            for ext in ("md", "tex", "csv"):
+                assert (out / f"{stem}_{protocol}.{ext}").stat().st_size > 0
+    text = (out / "results_best.md").read_text()
+    rows = [line for line in text.splitlines() if line.startswith("| lpreg") or line.startswith("| none")]
+    assert "best evaluation during training" in text and len(rows) == 2
+    assert all("(n=2, no CI)" in r and "±" not in r for r in rows)  # 2 seeds: no CI is printed
+    paired = (out / "paired_best.md").read_text()
+    assert "paired by seed" in paired and "| lpreg | 2 |" in paired and "(n=2, no CI)" in paired
 
 
 def test_plotted_mean_equals_pandas_mean_and_ci_contains_it(multirun):
@@ -54,8 +60,11 @@ def test_plotted_mean_equals_pandas_mean_and_ci_contains_it(multirun):
     expected = df[df.metric == "policy/entropy"].groupby(["regularizer", "step"]).value.mean()
     got = stats.set_index(["regularizer", "step"])["mean"]
     pd.testing.assert_series_equal(got.sort_index(), expected.sort_index(), check_names=False)
-    assert ((stats.low <= stats["mean"] + 1e-12) & (stats["mean"] <= stats.high + 1e-12)).all()
-    assert (stats.n == 2).all() and (stats.high > stats.low).any()
+    assert (stats.n == 2).all() and stats.low.isna().all() and stats.high.isna().all()  # no CI from 2 seeds
+    three = pd.concat([df, df[df.seed == 0].assign(run=lambda d: d.run + "-copy", seed=7)])  # a third seed
+    stats3 = curve_stats(three, "policy/entropy")
+    assert (stats3.n == 3).all() and (stats3.method == "t").all()
+    assert ((stats3.low <= stats3["mean"] + 1e-12) & (stats3["mean"] <= stats3.high + 1e-12)).all()
     fig = plot_curve(stats, "policy/entropy")
     line = next(ln for ln in fig.axes[0].lines if ln.get_label().startswith("Lp-Reg"))
     np.testing.assert_allclose(line.get_ydata(), expected.loc["lpreg"].sort_index().to_numpy())
@@ -73,8 +82,8 @@ def test_results_table_equals_the_summaries(multirun):
             assert table.loc[(reg, "mean"), "mean"] == pytest.approx(np.mean(vals))
             assert table.loc[(reg, "arithmetic"), "mean"] == pytest.approx(
                 np.mean([s[protocol]["eval/arithmetic/acc"] for s in runs.summaries.values() if s["regularizer"] == reg]))
-            lo, hi = table.loc[(reg, "mean"), ["ci_low", "ci_high"]]
-            assert lo <= np.mean(vals) <= hi
+            assert table.loc[(reg, "mean"), "method"] == "n<3"  # 2 seeds: no interval
+            assert table.loc[(reg, "mean"), ["ci_low", "ci_high"]].isna().all()
     best = results_table(runs.summaries, "best").set_index(["regularizer", "source"])
     final = results_table(runs.summaries, "final").set_index(["regularizer", "source"])
     assert (best["mean"] >= final["mean"] - 1e-12).all()

@@ -37,8 +37,8 @@ def test_every_metric_is_in_exactly_one_section():
     assert set(names) == set(METRICS), f"not in METRICS: {set(names) - set(METRICS)}; " \
                                        f"on no dashboard section: {set(METRICS) - set(names)}"
     assert list(SECTIONS) == ["Entropy collapse", "Accuracy", "Lp-Reg internals", "Optimization", "Samples", "Speed"]
-    assert SECTIONS["Entropy collapse"] == ("policy/entropy", "policy/lowprob_frac", "policy/tail_mass",
-                                            "policy/sampled_prob_mean")
+    assert SECTIONS["Entropy collapse"] == ("policy/entropy", "policy/lowprob_frac", "policy/lowprob_mass",
+                                            "policy/lowprob_count", "policy/tail_mass", "policy/sampled_prob_mean")
     assert "lpreg/div_mean" in SECTIONS["Lp-Reg internals"] and "lpreg/k3_mean" not in METRICS
 
 
@@ -211,9 +211,9 @@ def test_page_tables_equal_the_runs(page):
     text, mr = page
     runs = load_runs([mr])
     t = results_table(runs.summaries, "best").set_index(["regularizer", "source"])
-    lo, hi, m = t.loc[("lpreg", "mean"), ["ci_low", "ci_high", "mean"]]
+    m = t.loc[("lpreg", "mean"), "mean"]
     assert f"<td>Lp-Reg</td><td>2</td><td>{100 * t.loc[('lpreg', 'arithmetic'), 'mean']:.2f}" in text
-    assert f"{100 * m:.2f} ± {100 * (hi - lo) / 2:.2f}" in text
+    assert f"{100 * m:.2f} (n=2, no CI)" in text and "No CI where fewer than 3 seeds ran" in text  # 2 seeds: no CI
     rows = re.findall(r'<tr class="status-([a-z]+)"><td>([^<]*)</td>', text)
     assert ("failed", "9_failed") in rows and ("completed", "0_lpreg_s0") in rows and len(rows) == 6
     assert "boom &lt;b&gt;" in text and "regularizer=lpreg" in text and "trainer:" in text  # error, overrides, config

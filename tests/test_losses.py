@@ -77,7 +77,7 @@ def test_tv1_fixed_mode_is_absolute():
 def test_tv1_proxy_log_prob_at_sampled_tokens_and_tail_mass():
     logits = logits_of([0.60, 0.25, 0.10, 0.04, 0.01])[None, None].expand(1, 2, 5)  # [B=1, T=2, V]
     tokens = torch.tensor([[3, 4]])
-    lp = proxy_log_prob(logits, tokens, kappa=0.02)
+    lp = proxy_log_prob(logits, tokens, 0.02)
     assert math.isclose(lp[0, 0].exp().item(), 0.040404, abs_tol=1e-6)
     assert lp[0, 1].item() < FILTERED / 2  # filtered token: about -1e4 in log space
     assert torch.allclose(tail_mass(logits, 0.02), torch.full((1, 2), 0.01, dtype=torch.float64))
@@ -85,7 +85,7 @@ def test_tv1_proxy_log_prob_at_sampled_tokens_and_tail_mass():
 
 def test_proxy_is_fp32_and_detached_even_for_bf16_logits():
     logits = logits_of([0.60, 0.25, 0.10, 0.04, 0.01]).to(torch.bfloat16)[None, None].requires_grad_(True)
-    out = proxy_log_prob(logits, torch.tensor([[0]]), kappa=0.02)
+    out = proxy_log_prob(logits, torch.tensor([[0]]), 0.02)
     assert out.dtype == torch.float32 and not out.requires_grad
 
 

@@ -90,6 +90,23 @@ def job_was_killed(err: BaseException) -> bool:
     return isinstance(err, UncompletedJobError)
 
 
+def make_sampler(sweep: DictConfig):
+    """The Optuna sampler of ``sweep.sampler``: ``tpe`` (seeded by ``sweep.sampler_seed``) or ``grid`` (every
+    combination of the categorical ``sweep.params`` once, in a seeded order; an ablation such as ``sweeps/proxy.yaml``)."""
+    import optuna
+
+    kind = sweep.get("sampler", "tpe")
+    if kind == "tpe":
+        return optuna.samplers.TPESampler(seed=sweep.sampler_seed)
+    if kind == "grid":
+        bad = [k for k, v in sweep.params.items() if v["type"] != "categorical"]
+        if bad:
+            raise ValueError(f"sweep.sampler=grid needs categorical sweep.params; {', '.join(bad)} are not")
+        return optuna.samplers.GridSampler({k: list(v["choices"]) for k, v in sweep.params.items()},
+                                           seed=sweep.sampler_seed)
+    raise ValueError(f"sweep.sampler={kind!r} must be one of: tpe, grid")
+
+
 def open_study(sweep: DictConfig, storage_url: str, retries: int = 20):
     """Create or load the study, its storage recording trial heartbeats (``sweep.heartbeat_s``/``grace_s``; stale
     trials are retried up to ``sweep.max_retries`` times); tolerate several workers creating it at the same moment."""
@@ -108,7 +125,7 @@ def open_study(sweep: DictConfig, storage_url: str, retries: int = 20):
         try:
             storage = optuna.storages.RDBStorage(storage_url, **kwargs)
             return optuna.create_study(study_name=sweep.name, storage=storage, direction=sweep.direction,
-                                       sampler=optuna.samplers.TPESampler(seed=sweep.sampler_seed),
+                                       sampler=make_sampler(sweep),
                                        pruner=pruner, load_if_exists=True)
         except (optuna.exceptions.DuplicatedStudyError, IntegrityError, OperationalError) as err:
             log.warning("opening study %s (attempt %d): %s", sweep.name, attempt + 1, redact_text(str(err)))
@@ -190,6 +207,10 @@ class LpregOptunaSweeper(Sweeper):
         sweep = cfg.get("sweep")
         if sweep is None or not sweep.get("params"):
             raise ValueError("hydra/sweeper=lpreg_optuna needs a study: add +sweep=<name> (files in sweeps/)")
+        if sweep.get("eval_seeds"):  # the fair comparison of arms (issue 20): hydra_plugins/lpreg_sweeper/fair.py
+            from hydra_plugins.lpreg_sweeper.fair import run_fair
+
+            return run_fair(self, arguments)
         sweep_dir = Path(cfg.hydra.sweep.dir)
         sweep_dir.mkdir(parents=True, exist_ok=True)
         storage = storage_url(sweep, sweep_dir)

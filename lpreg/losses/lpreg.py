@@ -1,4 +1,6 @@
 """Lp-Reg: low-probability regularization toward a min-p proxy (arXiv:2510.03222; spec §1.4, code semantics).
+The filter that builds the proxy is an ablation axis, ``proxy: minp | fixed | topp | topk | eta`` (``lpreg/proxy.py``);
+``minp`` is the paper's.
 
 Per token (to be minimized), with r = π_θ(y)/π_old(y) and ρ_p = π_proxy(y)/π_θ(y):
 
@@ -41,7 +43,7 @@ from dataclasses import dataclass
 
 import torch
 
-from lpreg.checks import FRACTION, NON_NEGATIVE, OPEN_UNIT, PROBABILITY, ranged
+from lpreg.checks import AT_LEAST_1, FRACTION, NON_NEGATIVE, OPEN_UNIT, PROBABILITY, Range, ranged
 from lpreg.config import embedded
 from lpreg.losses import (
     LossInputs,
@@ -62,8 +64,14 @@ from lpreg.proxy import proxy_distribution, proxy_log_prob, proxy_support
 @dataclass
 class LpRegConfig(PPOClipConfig):
     name: str = "lpreg"
-    kappa: float = ranged(0.02, OPEN_UNIT)  # min-p κ relative to the max probability (recipe minp_p_threshold=0.02)
-    mode: str = "minp"  # minp | fixed (fixed: kappa is an absolute τ; paper ablation)
+    # The proxy's filter (lpreg/proxy.py, formulas there): minp (the paper's, the reference) | fixed | topp | topk |
+    # eta (entropy-adaptive). Each reads only its own parameter below.
+    proxy: str = "minp"
+    kappa: float = ranged(0.02, OPEN_UNIT)  # minp: κ relative to the max probability (recipe minp_p_threshold=0.02)
+    tau: float = ranged(0.02, OPEN_UNIT)  # fixed: absolute τ (spec §1.2: "e.g. 0.02", recipe regular_type=fixed)
+    top_p: float = ranged(0.95, Range(0, 1, lo_open=True))  # topp: nucleus mass (Qwen3's recommended TopP=0.95)
+    top_k: int = ranged(20, AT_LEAST_1)  # topk: (Qwen3's recommended sampling TopK=20)
+    eta_epsilon: float = ranged(3e-4, OPEN_UNIT)  # eta: ε of η-sampling (transformers eta_cutoff: "3e-4 to 2e-3")
     # ρ: fraction of negative-advantage tokens selected, k = max(1, floor(ρ·|N|)), and only when k > 1.
     # Paper/recipe: 0.01 (Qwen3-14B) or 0.005 (Qwen2.5-32B), with ~10^5-10^6 negative tokens per micro-batch.
     # An embedded mini-batch (128 responses, ~450 response tokens, ~170 negative) gets k = floor(0.01·|N|) <= 1
@@ -78,11 +86,22 @@ class LpRegConfig(PPOClipConfig):
     divergence: str = "k3"  # k3 (reference code) | forward_kl (paper Eq. 6, full-vocabulary KL(π_proxy‖π_θ))
 
 
+PROXY_PARAM = {"minp": "kappa", "fixed": "tau", "topp": "top_p", "topk": "top_k", "eta": "eta_epsilon"}
+
+
+def proxy_param(cfg: LpRegConfig) -> float:
+    """The parameter of the configured proxy filter (``PROXY_PARAM`` names its field)."""
+    if cfg.proxy not in PROXY_PARAM:
+        raise ValueError(f"regularizer.proxy={cfg.proxy!r} is not one of: {', '.join(PROXY_PARAM)}")
+    return getattr(cfg, PROXY_PARAM[cfg.proxy])
+
+
 def old_targets(cfg: LpRegConfig) -> dict:
-    out = {"proxy_log_prob": lambda logits, tokens, old: proxy_log_prob(logits, tokens, cfg.kappa, cfg.mode)}
+    param, kind = proxy_param(cfg), cfg.proxy
+    out = {"proxy_log_prob": lambda logits, tokens, old: proxy_log_prob(logits, tokens, param, kind)}
     if cfg.divergence == "forward_kl":
-        out["proxy_idx"] = lambda logits, tokens, old: proxy_support(logits, cfg.kappa, cfg.mode)[0]
-        out["proxy_q"] = lambda logits, tokens, old: proxy_support(logits, cfg.kappa, cfg.mode)[1]
+        out["proxy_idx"] = lambda logits, tokens, old: proxy_support(logits, param, kind)[0]
+        out["proxy_q"] = lambda logits, tokens, old: proxy_support(logits, param, kind)[1]
     return out
 
 
@@ -102,10 +121,10 @@ def rollout_targets(cfg: LpRegConfig, old_log_prob: torch.Tensor, adv: torch.Ten
     return {"delta_log_prob": delta}
 
 
-def forward_kl(logits: torch.Tensor, old_logits: torch.Tensor, kappa: float, mode: str) -> torch.Tensor:
+def forward_kl(logits: torch.Tensor, old_logits: torch.Tensor, param: float, kind: str) -> torch.Tensor:
     """KL(π_proxy ‖ π_θ) per row from dense logits (current with grad, π_old's) ``[N, V]`` -> ``[N]``: the
     reference formula the sparse form (``sparse_forward_kl``) is tested against."""
-    proxy = proxy_distribution(old_logits.detach(), kappa, mode).to(logits.dtype)  # [N, V]
+    proxy = proxy_distribution(old_logits.detach(), param, kind).to(logits.dtype)  # [N, V]
     log_p = torch.log_softmax(logits, -1)  # [N, V]
     log_q = torch.log(proxy.clamp_min(torch.finfo(proxy.dtype).tiny))
     return (proxy * (log_q - log_p)).sum(-1)
