@@ -26,7 +26,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
-from lpreg import pruning
+from lpreg import distributed, pruning
 from lpreg.config import ROOT, embedded_values, register_configs
 from lpreg.redact import redact, redact_text
 
@@ -71,13 +71,14 @@ def summarize(evals: list[dict], last: dict, cfg_obj) -> dict:
 
 
 def thread_budget(requested: int, launcher_cfg) -> int:
-    """Torch threads for this job: ``requested`` if set, else the machine's cores shared among parallel jobs."""
+    """Torch threads for this job: ``requested`` if set, else the machine's cores shared among parallel jobs and the
+    job's processes on this machine (torchrun's ``LOCAL_WORLD_SIZE``)."""
     if requested:
         return requested
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     n_jobs = launcher_cfg.get("n_jobs", 1) if "joblib" in str(launcher_cfg.get("_target_", "")) else 1
     n_jobs = cores if n_jobs is None or n_jobs < 1 else n_jobs
-    return max(1, cores // n_jobs)
+    return max(1, cores // n_jobs // distributed.local_world())
 
 
 def wandb_group(cfg, root: Path, multirun: bool) -> str | None:
@@ -113,7 +114,7 @@ def main(cfg: DictConfig) -> float:
     import optuna
 
     from lpreg.checkpoint import find_resume
-    from lpreg.tracking import build_tracker, wandb_env
+    from lpreg.tracking import Tracker, build_tracker, wandb_env
     from lpreg.trainer import train
 
     hc = HydraConfig.get()
@@ -126,7 +127,9 @@ def main(cfg: DictConfig) -> float:
     base = {"status": "running", "seed": cfg.seed, "regularizer": reg, "git_revision": git_revision(),
             "num_threads": cfg_obj.trainer.num_threads,
             "overrides": redact(list(hc.overrides.task)), "job_dir": str(job_dir)}
-    write_json(job_dir / "summary.json", base)
+    main_rank = distributed.is_main()  # under torchrun rank 0 alone writes summary.json, the store and W&B
+    if main_rank:
+        write_json(job_dir / "summary.json", base)
     if cfg_obj.model.kind == "hf" and (still := embedded_values(cfg_obj)):
         log.warning("model=hf with values sized for the embedded CPU testbed (use +experiment=... or set them):\n  %s",
                     "\n  ".join(still))
@@ -139,7 +142,7 @@ def main(cfg: DictConfig) -> float:
         if resume is not None:
             log.info("resuming from %s (step %d)", resume.path, resume.state["step"])
         # the tracker exists before the model and task load, so that a bad model or task is tracked too
-        tracker = build_tracker(cfg_obj.wandb, job_dir, OmegaConf.to_container(cfg, resolve=True),
+        tracker = Tracker() if not main_rank else build_tracker(cfg_obj.wandb, job_dir, OmegaConf.to_container(cfg, resolve=True),
                                 wandb_group(cfg, root, multirun), name=f"{reg}-s{cfg.seed}", job_type=reg,
                                 tags=[f"git:{base['git_revision']}", *cfg.wandb.tags],
                                 run_id=resume.state.get("wandb_run_id") if resume else None,
@@ -155,6 +158,7 @@ def main(cfg: DictConfig) -> float:
         log.info("job %s pruned: %s", job_dir, err)
     except Exception as err:  # any failure is recorded (summary.json, W&B) before it propagates
         summary = {**base, "status": "failed", "error": redact_text(f"{type(err).__name__}: {err}")}
+        distributed.record_error(err)  # torchrun names this rank and its error when it ends the job
         if not multirun:
             raise
         log.error("job %s failed:\n%s", job_dir, traceback.format_exc())
@@ -162,8 +166,9 @@ def main(cfg: DictConfig) -> float:
         summary["wall_time_s"] = round(time.time() - t0, 2)
         if tracker is not None:
             tracker.finish(exit_code=0 if summary["status"] in ("completed", "pruned") else 1)
-        write_json(job_dir / "summary.json", summary)
-    if summary["status"] != "completed":
+        if main_rank:
+            write_json(job_dir / "summary.json", summary)
+    if summary["status"] != "completed" or not main_rank:
         return math.nan
     print_table(summary)
     print(f"run folder: {job_dir}", flush=True)
@@ -171,4 +176,4 @@ def main(cfg: DictConfig) -> float:
 
 
 if __name__ == "__main__":
-    main()
+    distributed.launch(main)  # plain main() unless torchrun/SLURM tasks launched this process
