@@ -106,17 +106,30 @@ def _slurm_env() -> None:
     TorchDistributedEnvironment().export(set_cuda_visible_devices=False)
 
 
-def init(timeout_min: float = 60.0) -> None:
-    """Join the process group from the launcher's environment (``env://``): gloo for CPU tensors, NCCL for CUDA.
+# Bound on every collective, including the other ranks' wait while rank 0 evaluates (torch's defaults, 30 min for
+# gloo and 10 for NCCL, are shorter than a real-scale evaluation of MATH-500 plus AIME avg@k). Set before Hydra
+# composes the config, so it is a constant, not a config value.
+PG_TIMEOUT_MIN = 60
 
-    ``timeout_min`` bounds every collective, including the other ranks' wait while rank 0 evaluates."""
+
+def init() -> None:
+    """Join the process group from the launcher's environment (``env://``): gloo for CPU tensors, NCCL for CUDA."""
     if active():
         return
     backend = "gloo"
     if torch.cuda.is_available():
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
         backend = "cpu:gloo,cuda:nccl"
-    dist.init_process_group(backend, timeout=_dt.timedelta(minutes=timeout_min))
+    dist.init_process_group(backend, timeout=_dt.timedelta(minutes=PG_TIMEOUT_MIN))
+
+
+def join() -> None:
+    """Called first in the Hydra task function: join the group when a launcher started several tasks that did not
+    come through :func:`launch` (Hydra's submitit launcher with ``tasks_per_node`` calls the task function in each
+    SLURM task). A no-op for torchrun (already joined) and for single-process runs."""
+    _slurm_env()
+    if launched():
+        init()
 
 
 def _agree_clock() -> None:
@@ -150,9 +163,13 @@ def launch(main: Callable[[], Any]) -> Any:
     _slurm_env()
     if not launched():
         return main()
+    if "-m" in sys.argv or "--multirun" in sys.argv:
+        raise SystemExit("lpreg.run -m under torchrun would run the whole sweep on every rank (an Optuna sweep would "
+                         "draw different trials per rank): run one torchrun per job, or a multirun with "
+                         "hydra/launcher=submitit_slurm hydra.launcher.tasks_per_node=N (README, 'One run on several "
+                         "GPUs')")
     init()
-    if "-m" not in sys.argv and "--multirun" not in sys.argv:
-        _agree_clock()
+    _agree_clock()
     if rank() > 0:
         sys.argv += ["hydra.output_subdir=null", "hydra/job_logging=stdout"]
     signal.signal(signal.SIGTERM, _raise_on_sigterm)

@@ -117,6 +117,7 @@ def main(cfg: DictConfig) -> float:
     from lpreg.tracking import Tracker, build_tracker, wandb_env
     from lpreg.trainer import train
 
+    distributed.join()  # SLURM tasks of one job (submitit tasks_per_node); no-op otherwise
     hc = HydraConfig.get()
     job_dir = Path(hc.runtime.output_dir)
     multirun = hc.mode == RunMode.MULTIRUN
@@ -142,7 +143,8 @@ def main(cfg: DictConfig) -> float:
         if resume is not None:
             log.info("resuming from %s (step %d)", resume.path, resume.state["step"])
         # the tracker exists before the model and task load, so that a bad model or task is tracked too
-        tracker = Tracker() if not main_rank else build_tracker(cfg_obj.wandb, job_dir, OmegaConf.to_container(cfg, resolve=True),
+        tracker = Tracker() if not main_rank else build_tracker(
+                                cfg_obj.wandb, job_dir, OmegaConf.to_container(cfg, resolve=True),
                                 wandb_group(cfg, root, multirun), name=f"{reg}-s{cfg.seed}", job_type=reg,
                                 tags=[f"git:{base['git_revision']}", *cfg.wandb.tags],
                                 run_id=resume.state.get("wandb_run_id") if resume else None,
