@@ -72,15 +72,24 @@ def test_two_processes_log_the_single_process_metrics(tmp_path, reg):
     assert (tmp_path / "two" / "checkpoints" / "step_000002" / "dcp").is_dir()
 
 
+RESUME = [*SMALL, "regularizer=lpreg", "regularizer.scope=batch"]
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory) -> list[dict]:
+    """Metrics of a 4-step run on 2 processes, never stopped."""
+    tmp = tmp_path_factory.mktemp("full")
+    torchrun(2, [*RESUME, "trainer.steps=4", f"hydra.run.dir={tmp / 'job'}"], tmp)
+    return metrics(tmp / "job")
+
+
 @pytest.mark.parametrize("first,then", [(2, 1), (1, 2)], ids=["2-then-1", "1-then-2"])
-def test_resume_on_another_number_of_processes(tmp_path, first, then):
-    args = [*SMALL, "regularizer=lpreg", "regularizer.scope=batch"]
-    torchrun(2, [*args, "trainer.steps=4", f"hydra.run.dir={tmp_path / 'full'}"], tmp_path)
+def test_resume_on_another_number_of_processes(tmp_path, uninterrupted, first, then):
     job = tmp_path / "cut"
-    torchrun(first, [*args, "trainer.steps=2", f"hydra.run.dir={job}"], tmp_path)
+    torchrun(first, [*RESUME, "trainer.steps=2", f"hydra.run.dir={job}"], tmp_path)
     assert (job / "checkpoints" / "step_000002" / "model.safetensors").is_file()  # the HF export (rank 0)
-    torchrun(then, [*args, "trainer.steps=4", "trainer.resume=true", f"hydra.run.dir={job}"], tmp_path)
-    assert_same(metrics(tmp_path / "full"), metrics(job))
+    torchrun(then, [*RESUME, "trainer.steps=4", "trainer.resume=true", f"hydra.run.dir={job}"], tmp_path)
+    assert_same(uninterrupted, metrics(job))
 
 
 FAILING = """
@@ -108,3 +117,38 @@ def test_a_failing_rank_ends_the_job_and_is_named(tmp_path):
     root_cause = out[out.index("Root Cause"):]
     assert "rank      : 1" in root_cause and "RuntimeError: injected failure on rank 1" in root_cause
     assert json.loads((job / "summary.json").read_text())["status"] == "failed"
+
+
+COUNTING = """
+import json, os, runpy, sys
+import lpreg.distributed as distributed
+equal_counts = distributed.equal_counts
+def counting(minis, gen):
+    with open(os.environ["COUNTS"] + os.environ["RANK"], "a") as fh:
+        fh.write(json.dumps([len(m) for m in minis]) + "\\n")
+    return equal_counts(minis, gen)
+distributed.equal_counts = counting
+sys.argv = ["lpreg.run", *sys.argv[1:]]
+runpy.run_module("lpreg.run", run_name="__main__")
+"""
+
+
+def test_ranks_with_different_micro_batch_counts(tmp_path, monkeypatch):
+    """A token budget that cuts the ranks' halves into different numbers of micro-batches: every forward/backward
+    is a collective, so without ``equal_counts`` the run would hang; the loss (exact under any cut) and the rollout
+    metrics still equal the single-process run's (``policy/clipfrac`` and ``approx_kl`` are means over micro-batches
+    and depend on the cut, as on one process)."""
+    script = tmp_path / "count.py"
+    script.write_text(COUNTING)
+    monkeypatch.setenv("COUNTS", str(tmp_path / "counts"))
+    # measured: with 8 prompts and 27 tokens, the ranks' mini-batches cut into 6 vs 7, 8 vs 7, ... micro-batches
+    args = [*(a for a in SMALL if not a.startswith(("trainer.prompts_per_step", "trainer.checkpoint_every"))),
+            "trainer.prompts_per_step=8", "trainer.steps=2", "trainer.checkpoint_every=0",
+            "trainer.max_tokens_per_micro_batch=27"]
+    torchrun(1, [*args, f"hydra.run.dir={tmp_path / 'one'}"], tmp_path)
+    torchrun(2, [*args, f"hydra.run.dir={tmp_path / 'two'}"], tmp_path, script=str(script), timeout=300)
+    per_rank = [(tmp_path / f"counts{r}").read_text().splitlines() for r in (0, 1)]
+    assert any(a != b for a, b in zip(*per_rank)), per_rank  # the ranks did cut differently
+    drop = {"policy/clipfrac", "policy/approx_kl"}
+    keep = lambda rows: [{k: v for k, v in r.items() if k not in drop} for r in rows]  # noqa: E731
+    assert_same(keep(metrics(tmp_path / "one")), keep(metrics(tmp_path / "two")))
