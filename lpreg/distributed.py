@@ -62,7 +62,7 @@ from torch import nn
 
 from lpreg.tokens import per_token, plan
 
-SUMMED = frozenset({"lpreg/candidates", "lpreg/regularized", "kl_cov/selected", "highent/kept", "optim/skipped",
+SUMMED = frozenset({"lpreg/candidates", "lpreg/regularized", "kl_cov/selected", "highent/kept",
                     "train/reward_timeouts", "train/reward_worker_restarts"})
 MAXED = frozenset({"lpreg/delta"})
 WEIGHT_OF = {  # metric -> the local count its rank value is a mean over (default: response tokens)
