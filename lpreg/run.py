@@ -30,7 +30,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
-from lpreg import pruning
+from lpreg import distributed, pruning
 from lpreg.config import ROOT, embedded_values, register_configs
 from lpreg.redact import redact, redact_text
 
@@ -75,13 +75,14 @@ def summarize(evals: list[dict], last: dict, cfg_obj) -> dict:
 
 
 def thread_budget(requested: int, launcher_cfg) -> int:
-    """Torch threads for this job: ``requested`` if set, else the machine's cores shared among parallel jobs."""
+    """Torch threads for this job: ``requested`` if set, else the machine's cores shared among parallel jobs and the
+    job's processes on this machine (torchrun's ``LOCAL_WORLD_SIZE``)."""
     if requested:
         return requested
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     n_jobs = launcher_cfg.get("n_jobs", 1) if "joblib" in str(launcher_cfg.get("_target_", "")) else 1
     n_jobs = cores if n_jobs is None or n_jobs < 1 else n_jobs
-    return max(1, cores // n_jobs)
+    return max(1, cores // n_jobs // distributed.local_world())
 
 
 def wandb_group(cfg, root: Path, multirun: bool) -> str | None:
@@ -156,9 +157,10 @@ def main(cfg: DictConfig) -> float:
 
     from lpreg import runfolder
     from lpreg.checkpoint import check_resume_config, find_resume
-    from lpreg.tracking import build_tracker, wandb_env
+    from lpreg.tracking import Tracker, build_tracker, wandb_env
     from lpreg.trainer import train
 
+    distributed.join()  # SLURM tasks of one job (submitit tasks_per_node); no-op otherwise
     hc = HydraConfig.get()
     job_dir = Path(hc.runtime.output_dir)
     multirun = hc.mode == RunMode.MULTIRUN
@@ -166,16 +168,18 @@ def main(cfg: DictConfig) -> float:
     cfg_obj = OmegaConf.to_object(cfg)  # every declared value range is checked here (lpreg/checks.py)
     cfg_obj.trainer.num_threads = thread_budget(cfg.trainer.num_threads, hc.launcher)
     reg = cfg.regularizer.name
-    lock = runfolder.acquire(job_dir)  # before anything is written: one writer per run folder
+    main_rank = distributed.is_main()  # under torchrun rank 0 alone writes summary.json, the store and W&B
+    lock = runfolder.acquire(job_dir) if main_rank else None  # before anything is written: one writer per folder
     stop_on_sigterm()
     base = {"status": "running", "seed": cfg.seed, "regularizer": reg, "git_revision": git_revision(),
             "num_threads": cfg_obj.trainer.num_threads, **runfolder.identity(),
             "overrides": redact(list(hc.overrides.task)), "job_dir": str(job_dir)}
-    if (before := previous_run(job_dir)) == "crashed":
+    if (before := previous_run(job_dir)) == "crashed" and main_rank:
         log.warning("the previous run in %s crashed (its summary.json says running, its process is gone)", job_dir)
     if cfg.trainer.resume and before:
         base["previous_status"] = before
-    write_json(job_dir / "summary.json", base)
+    if main_rank:
+        write_json(job_dir / "summary.json", base)
     if cfg_obj.model.kind == "hf" and (still := embedded_values(cfg_obj)):
         log.warning("model=hf with values sized for the embedded CPU testbed (set them, or use experiment=<name> "
                     "from conf/experiment/):\n  %s",
@@ -192,7 +196,8 @@ def main(cfg: DictConfig) -> float:
         elif cfg.trainer.resume:
             log.warning("trainer.resume=true, but %s holds no checkpoint to resume from: starting fresh", job_dir)
         # the tracker exists before the model and task load, so that a bad model or task is tracked too
-        tracker = build_tracker(cfg_obj.wandb, job_dir, OmegaConf.to_container(cfg, resolve=True),
+        tracker = Tracker() if not main_rank else build_tracker(
+                                cfg_obj.wandb, job_dir, OmegaConf.to_container(cfg, resolve=True),
                                 wandb_group(cfg, root, multirun), name=f"{reg}-s{cfg.seed}", job_type=reg,
                                 tags=[f"git:{base['git_revision']}", *cfg.wandb.tags],
                                 run_id=resume.state.get("wandb_run_id") if resume else None,
@@ -208,6 +213,7 @@ def main(cfg: DictConfig) -> float:
         log.info("job %s pruned: %s", job_dir, err)
     except Exception as err:  # any failure is recorded (summary.json, W&B) before it propagates
         summary = {**base, "status": "failed", "error": redact_text(f"{type(err).__name__}: {err}")}
+        distributed.record_error(err)  # torchrun names this rank and its error when it ends the job
         if not multirun:
             raise
         log.error("job %s failed:\n%s", job_dir, traceback.format_exc())
@@ -218,10 +224,12 @@ def main(cfg: DictConfig) -> float:
             if failed := tracker.failed_mirrors():
                 summary |= {name: "failed" for name in failed} | {f"{n}_error": redact_text(e) for n, e in failed.items()}
         try:
-            write_json(job_dir / "summary.json", summary)
+            if main_rank:
+                write_json(job_dir / "summary.json", summary)
         finally:
-            runfolder.release(lock)
-    if summary["status"] != "completed":
+            if lock is not None:
+                runfolder.release(lock)
+    if summary["status"] != "completed" or not main_rank:
         return math.nan
     print_table(summary)
     print(f"run folder: {job_dir}", flush=True)
@@ -229,4 +237,4 @@ def main(cfg: DictConfig) -> float:
 
 
 if __name__ == "__main__":
-    main()
+    distributed.launch(main)  # plain main() unless torchrun/SLURM tasks launched this process

@@ -39,7 +39,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from lpreg import checkpoint
+from lpreg import checkpoint, distributed
 from lpreg.advantages import grpo_advantages
 from lpreg.eval import evaluate
 from lpreg.losses import REGULARIZERS, LossInputs, Norm, approx_kl
@@ -111,7 +111,14 @@ def micro_batches(gen: Generation, cfg) -> list[list[MicroBatch]]:
     """The rollout's mini-batches (contiguous, ``trainer.mini_batches`` of them), each cut into micro-batches."""
     B = len(gen.response_ids)
     size = B // cfg.trainer.mini_batches
-    return [plan(gen, slice(s, s + size), cfg.trainer.max_tokens_per_micro_batch) for s in range(0, B, size)]
+    minis = [plan(gen, slice(s, s + size), cfg.trainer.max_tokens_per_micro_batch) for s in range(0, B, size)]
+    return distributed.equal_counts(minis, gen)
+
+
+def token_pass(model):
+    """``per_token`` of ``model``: the forward of an FSDP root (``lpreg.distributed.TokenPass``), so its hooks run,
+    else ``per_token(model, ...)``."""
+    return model if isinstance(model, distributed.TokenPass) else partial(per_token, model)
 
 
 @torch.no_grad()
@@ -120,7 +127,7 @@ def old_pass(model, gen: Generation, minis: list[list[MicroBatch]], fns, cfg) ->
     regularizer's old targets (one no-grad token pass; the same micro-batches the update uses)."""
     was_training = model.training
     model.eval()
-    out = [[per_token(model, mb, cfg.rollout.temperature, cfg.trainer.token_chunk, fns, autocast=compute_dtype(cfg))
+    out = [[token_pass(model)(mb, cfg.rollout.temperature, cfg.trainer.token_chunk, fns, autocast=compute_dtype(cfg))
             for mb in mini] for mini in minis]
     model.train(was_training)
     return out
@@ -140,10 +147,11 @@ def update(model, opt, minis: list[list[MicroBatch]], olds, adv: torch.Tensor, r
     for mini, old_mini in zip(minis, olds):
         opt.zero_grad(set_to_none=True)
         mask = torch.cat([mb.response_mask.sum(-1) for mb in mini])  # [b_mini] response tokens per row
-        norm = Norm(float(mask.sum()), float((mask > 0).sum()), float(len(mask)))
+        norm = distributed.global_norm(Norm(float(mask.sum()), float((mask > 0).sum()), float(len(mask))))
         parts = []
-        for mb, old in zip(mini, old_mini):
-            new = per_token(model, mb, cfg.rollout.temperature, cfg.trainer.token_chunk, new_fns, old=old, grad=True,
+        for i, (mb, old) in enumerate(zip(mini, old_mini)):
+            distributed.sync_grads(model, last=i == len(mini) - 1)
+            new = token_pass(model)(mb, cfg.rollout.temperature, cfg.trainer.token_chunk, new_fns, old=old, grad=True,
                             autocast=compute_dtype(cfg))
             R = mb.response_mask.shape[1]
             inp = LossInputs(log_prob=grid(new["log_prob"], mb), old_log_prob=grid(old["log_prob"], mb),
@@ -156,8 +164,9 @@ def update(model, opt, minis: list[list[MicroBatch]], olds, adv: torch.Tensor, r
             m["policy/approx_kl"] = approx_kl(inp.log_prob, inp.old_log_prob, inp.response_mask)
             parts.append(m)
         # loss/* of the micro-batches add up to the mini-batch's loss; the other metrics are means over them
-        rows.append({**mean_metrics(parts), **{k: sum(p[k] for p in parts) for k in parts[0] if k.startswith("loss/")}})
-        norm_value = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.trainer.grad_clip).item()
+        row = {**mean_metrics(parts), **{k: sum(p[k] for p in parts) for k in parts[0] if k.startswith("loss/")}}
+        rows.append(distributed.reduce_metrics(row, {"tokens": float(mask.sum()), "rows": float(len(mask))}))
+        norm_value = distributed.to_float(torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.trainer.grad_clip))
         if math.isfinite(norm_value):
             opt.step()
             grad_norms.append(norm_value)
@@ -176,6 +185,39 @@ def tis_weights(p_old: torch.Tensor, rollout_log_prob: torch.Tensor, cap: float)
     """Truncated importance weights min(π_old(y) / π_rollout(y), cap) ``[B, R]`` (TRL's ``token_truncate``): they
     scale the advantages, so they weight the policy-gradient term of every regularizer and leave its own terms alone."""
     return (p_old.clamp_min(1e-30).log() - rollout_log_prob).exp().clamp(max=cap)
+
+
+def shard_policy(model, tokenizer, model_path: str, cfg, device):
+    """``(FSDP root, engine)`` of a distributed run (``lpreg/distributed.py``): the engine generates on an unsharded
+    copy made before sharding."""
+    if cfg.rollout.name != "hf":
+        raise ValueError(f"rollout={cfg.rollout.name} is not supported under torchrun yet: use rollout=hf")
+    dtype = compute_dtype(cfg)
+    copy = distributed.generation_copy(model, device, dtype)
+    root = distributed.shard(model, device, dtype)
+    engine = build_rollout(cfg.rollout, copy, tokenizer, model_path,
+                           cfg.task.max_prompt_len + cfg.task.max_response_len, cfg.seed)
+    return root, distributed.GroupRollout(engine, copy, root)
+
+
+def distributed_rollout(engine, task, sampler: PromptSampler, step: int, encode, cfg):
+    """This rank's problems (its prompts of every mini-batch, each ``group_size`` times) and their rollout, each group
+    sampled under its own seed (``lpreg.distributed``: the rollout does not depend on the number of ranks)."""
+    G, P = cfg.rollout.group_size, cfg.trainer.prompts_per_step
+    idx = sampler.next(P)  # the same on every rank: the sampler's seed and state are shared
+    pos = distributed.shard_prompts(P, cfg.trainer.mini_batches, distributed.world(), distributed.rank())
+    problems = [task.train_problems()[idx[j]] for j in pos for _ in range(G)]
+    gen = engine.generate_groups(encode([p.prompt for p in problems]), G, cfg.task.max_response_len,
+                                 cfg.rollout.temperature, [distributed.group_seed(cfg.seed, step, j) for j in pos])
+    return problems, gen
+
+
+def rollout_weights(gen: Generation, sparks: dict[str, torch.Tensor]) -> dict[str, float]:
+    """This rank's counts that rollout metrics average over (``distributed.reduce_metrics``)."""
+    mask = gen.response_mask
+    return {"tokens": float(mask.sum()), "rows": float(mask.shape[0]),
+            **{f"sparks/{n}/prob": float((torch.isin(gen.response_ids, ids).float() * mask).sum())
+               for n, ids in sparks.items()}}
 
 
 def _sample_rows(problems, gen: Generation, rewards, p, n: int) -> list[dict]:
@@ -224,14 +266,20 @@ def train(cfg, job_dir: Path, tracker, resume: checkpoint.Resume | None = None, 
     old_fns = old_pass_fns(cfg.metrics.tail_kappa, reg.old_targets(cfg.regularizer), cfg.metrics.lowprob_threshold)
     sampler = PromptSampler(len(task.train_problems()), cfg.seed)
     model.to(device)
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.trainer.lr, weight_decay=cfg.trainer.weight_decay,
+    policy, engine = model, None  # distributed: the FSDP root and the group-seeded engine on a full copy
+    if distributed.active():
+        policy, engine = shard_policy(model, tokenizer, model_path, cfg, device)
+    opt = torch.optim.AdamW(policy.parameters(), lr=cfg.trainer.lr, weight_decay=cfg.trainer.weight_decay,
                             betas=tuple(cfg.trainer.betas))
-    if state:
+    if state and distributed.active():
+        distributed.load_checkpoint(resume.path, policy, opt)
+    elif state:
         opt.load_state_dict(state["optimizer"])
+    if state:
         sampler.load(state["sampler"])
         torch.set_rng_state(state["torch_rng"])
-    engine = build_rollout(cfg.rollout, model, tokenizer, model_path,
-                           cfg.task.max_prompt_len + cfg.task.max_response_len, cfg.seed)
+    engine = engine or build_rollout(cfg.rollout, model, tokenizer, model_path,
+                                     cfg.task.max_prompt_len + cfg.task.max_response_len, cfg.seed)
     encode = partial(encode_prompts, tokenizer, max_len=cfg.task.max_prompt_len)
     sparks = spark_ids(tokenizer, cfg.metrics.sparks, device)
     evals: list[dict] = state.get("evals", [])
@@ -242,35 +290,38 @@ def train(cfg, job_dir: Path, tracker, resume: checkpoint.Resume | None = None, 
     with RewardGrader(task, cfg.task) as grader:  # the reward worker pool lives as long as the run
 
         def run_eval(step: int) -> dict[str, float]:
-            res = evaluate(engine, task, cfg.eval, encode, max_len, cfg.seed, step, grader)
+            res = distributed.rank0_call(lambda: evaluate(engine, task, cfg.eval, encode, max_len, cfg.seed, step, grader))
             evals.append({"step": step, **res})
             if on_eval is not None:
-                on_eval(step, res)
+                distributed.rank0_call(lambda: on_eval(step, res))
             return res
 
         if start == 0 and cfg.eval.at_start:
             tracker.log(run_eval(0), step=0)
 
         bar = tqdm(range(start + 1, cfg.trainer.steps + 1), desc=f"{reg.name} s{cfg.seed}", unit="step",
-                   initial=start, total=cfg.trainer.steps, dynamic_ncols=True)
+                   initial=start, total=cfg.trainer.steps, dynamic_ncols=True, disable=not distributed.is_main())
         for step in bar:
             timer, t0 = Timer(), time.perf_counter()
             kill_point(step, "rollout")
             with timer("rollout"):
-                problems = [task.train_problems()[i] for i in sampler.next(cfg.trainer.prompts_per_step)
-                            for _ in range(G)]
-                gen = engine.generate(encode([p.prompt for p in problems]), max_len, T,
-                                      [request_seed(cfg.seed, step, i) for i in range(len(problems))])
+                if distributed.active():
+                    problems, gen = distributed_rollout(engine, task, sampler, step, encode, cfg)
+                else:
+                    problems = [task.train_problems()[i] for i in sampler.next(cfg.trainer.prompts_per_step)
+                                for _ in range(G)]
+                    gen = engine.generate(encode([p.prompt for p in problems]), max_len, T,
+                                          [request_seed(cfg.seed, step, i) for i in range(len(problems))])
             with timer("reward"):
                 grades = grader.grade(gen.texts, problems, gen.finished.tolist())
                 rewards = torch.tensor(grades.rewards, device=device)
                 adv = grpo_advantages(rewards, G)[:, None] * gen.response_mask  # [B, R]
             with timer("targets"):
                 minis = micro_batches(gen, cfg)
-                olds = old_pass(model, gen, minis, old_fns, cfg)
+                olds = old_pass(policy, gen, minis, old_fns, cfg)
                 old_lp = rollout_flat(olds, "log_prob")  # [N] over the rollout's response tokens
                 mask = gen.response_mask > 0
-                rollout = reg.rollout_targets(cfg.regularizer, old_lp, adv[mask])
+                rollout = reg.rollout_targets(cfg.regularizer, *distributed.gather_tokens(old_lp, adv[mask]))
                 p = torch.zeros_like(gen.response_mask).masked_scatter(mask, old_lp.exp())  # [B, R] π_old(y)
                 per_token_old = {k: rollout_flat(olds, k) for k in ("entropy", "tail_mass", "lowprob_mass")}
                 metrics = policy_metrics(per_token_old, p, gen.response_mask, gen.response_ids,
@@ -279,25 +330,26 @@ def train(cfg, job_dir: Path, tracker, resume: checkpoint.Resume | None = None, 
                     metrics.update(logprob_gap(old_lp, gen.rollout_log_prob[mask]))
                     if cfg.rollout.tis_cap:
                         adv = adv * tis_weights(p, gen.rollout_log_prob, cfg.rollout.tis_cap)
+                metrics = distributed.reduce_metrics(metrics, rollout_weights(gen, sparks))
             with timer("update"):
                 apply_lr(opt, cfg.trainer.lr, step, cfg.trainer.lr_warmup_steps)  # warm-up (lpreg/schedule.py)
-                metrics.update(update(model, opt, minis, olds, adv, rollout, reg, cfg))
+                metrics.update(update(policy, opt, minis, olds, adv, rollout, reg, cfg))
                 engine.sync_weights()
             kill_point(step, "update")
             groups = rewards.view(-1, G)
-            metrics.update({
+            metrics.update(distributed.reduce_metrics({
                 "train/reward_mean": rewards.mean().item(),
                 "train/accuracy": (rewards > 0.5).float().mean().item(),
                 "train/zero_adv_frac": (groups == groups[:, :1]).all(-1).float().mean().item(),
                 "train/response_len_mean": gen.response_mask.sum(-1).mean().item(),
                 "train/response_clip_frac": (~gen.finished).float().mean().item(),
-            } | grades.metrics("train"))
+            } | grades.metrics("train"), rollout_weights(gen, sparks)))
             if cfg.eval.every and (step % cfg.eval.every == 0 or step == cfg.trainer.steps):
                 with timer("eval"):
                     metrics.update(run_eval(step))
             n_bins = cfg.metrics.hist_bins
             tracker.log_histogram("policy/sampled_prob_hist", [i / n_bins for i in range(n_bins + 1)],
-                                  probability_histogram(p, gen.response_mask, n_bins), step)
+                                  distributed.sum_counts(probability_histogram(p, gen.response_mask, n_bins)), step)
             if grades.timed_out:
                 tracker.log_table("reward_timeouts", grades.timeout_rows(problems, gen.texts), step)
             if cfg.metrics.samples_every and step % cfg.metrics.samples_every == 0:
@@ -305,14 +357,19 @@ def train(cfg, job_dir: Path, tracker, resume: checkpoint.Resume | None = None, 
             pending = None  # the step's checkpoint, written and verified, committed once the step's lines are on disk
             if cfg.trainer.checkpoint_every and (step % cfg.trainer.checkpoint_every == 0 or step == cfg.trainer.steps):
                 with timer("checkpoint"):
-                    pending = checkpoint.write(job_dir, step, model, tokenizer, {
-                        "step": step, "optimizer": opt.state_dict(), "sampler": sampler.state(),
-                        "torch_rng": torch.get_rng_state(), "evals": evals, "wandb_run_id": tracker.run_id,
-                        "config": checkpoint.config_record(cfg)})
+                    if distributed.active():
+                        distributed.save_checkpoint(job_dir, step, policy, opt, tokenizer, {
+                            "step": step, "sampler": sampler.state(), "torch_rng": torch.get_rng_state(),
+                            "evals": evals, "wandb_run_id": tracker.run_id, "config": checkpoint.config_record(cfg)})
+                    else:
+                        pending = checkpoint.write(job_dir, step, model, tokenizer, {
+                            "step": step, "optimizer": opt.state_dict(), "sampler": sampler.state(),
+                            "torch_rng": torch.get_rng_state(), "evals": evals, "wandb_run_id": tracker.run_id,
+                            "config": checkpoint.config_record(cfg)})
             elapsed = time.perf_counter() - t0
             metrics.update(timer.times)
             metrics["timing/step"] = elapsed
-            metrics["perf/tokens_per_s"] = 2 * gen.response_mask.sum().item() / elapsed
+            metrics["perf/tokens_per_s"] = 2 * distributed.all_sum([gen.response_mask.sum().item()])[0] / elapsed
             if device.type == "cuda":
                 metrics["perf/peak_memory_gb"] = torch.cuda.max_memory_allocated(device) / 2**30
             tracker.log(metrics, step)
