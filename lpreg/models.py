@@ -163,6 +163,30 @@ def tiny_policy_path(cfg, task, cache_dir: str | Path | None = None) -> Path:
     return folder
 
 
+def save_random_qwen3(folder: str | Path, vocab_size: int, seed: int = 0, **shape) -> Path:
+    """A random-init Qwen3 (``shape``: Qwen3Config fields) and a byte-level BPE tokenizer of ``vocab_size`` tokens
+    trained on the shipped MATH-500 problems, saved with ``save_pretrained``: a real-model stand-in for tests and the
+    GPU check, no download. Its pad token is its EOS token, as in Qwen base models."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import Qwen3Config, Qwen3ForCausalLM
+
+    from lpreg.data import resolve_path
+
+    rows = resolve_path("pkg://lpreg/data/math/math500.jsonl").read_text().splitlines()
+    bpe = Tokenizer(models.BPE())
+    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    bpe.decoder = decoders.ByteLevel()
+    bpe.train_from_iterator([json.loads(x)["problem"] for x in rows], trainers.BpeTrainer(
+        vocab_size=vocab_size, special_tokens=["<|endoftext|>"], initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    tok = PreTrainedTokenizerFast(tokenizer_object=bpe, eos_token="<|endoftext|>", pad_token="<|endoftext|>")
+    torch.manual_seed(seed)
+    model = Qwen3ForCausalLM(Qwen3Config(vocab_size=len(tok), eos_token_id=tok.eos_token_id,
+                                         pad_token_id=tok.pad_token_id, **shape))
+    model.save_pretrained(folder)
+    tok.save_pretrained(folder)
+    return Path(folder)
+
+
 def load_pretrained(path: str | Path, trust_remote_code: bool = False, use_safetensors: bool | None = None):
     """``(model, tokenizer)`` from a local folder or hub id, with a clear error for a bad path.
 

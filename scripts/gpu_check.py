@@ -22,28 +22,6 @@ QWEN3 = dict(hidden_size=512, intermediate_size=1536, num_hidden_layers=8, num_a
              num_key_value_heads=4, head_dim=64, tie_word_embeddings=True, max_position_embeddings=4096)
 
 
-def build_model(folder: Path) -> None:
-    """A random-init Qwen3 with a byte-level BPE tokenizer trained on the shipped problems; pad = EOS (Qwen base)."""
-    import torch
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast, Qwen3Config, Qwen3ForCausalLM
-
-    from lpreg.data import resolve_path
-
-    lines = [json.loads(x)["problem"] for x in resolve_path("pkg://lpreg/data/math/math500.jsonl").read_text().splitlines()]
-    bpe = Tokenizer(models.BPE())
-    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    bpe.decoder = decoders.ByteLevel()
-    bpe.train_from_iterator(lines, trainers.BpeTrainer(vocab_size=4096, special_tokens=["<|endoftext|>"],
-                                                       initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
-    tok = PreTrainedTokenizerFast(tokenizer_object=bpe, eos_token="<|endoftext|>", pad_token="<|endoftext|>")
-    torch.manual_seed(0)
-    model = Qwen3ForCausalLM(Qwen3Config(vocab_size=len(tok), eos_token_id=tok.eos_token_id,
-                                         pad_token_id=tok.pad_token_id, **QWEN3))
-    model.save_pretrained(folder)
-    tok.save_pretrained(folder)
-
-
 def run(engine: str, model: Path, steps: int, out: Path) -> dict:
     args = [sys.executable, "-m", "lpreg.run", "task=math", "model=hf", f"model.path={model}", f"rollout={engine}",
             f"trainer.steps={steps}", "trainer.prompts_per_step=16", "task.max_response_len=512", "task.max_eval=16",
@@ -69,13 +47,15 @@ def main() -> int:
     args = ap.parse_args()
     import torch
 
+    from lpreg.models import save_random_qwen3
+
     if not torch.cuda.is_available():
         print("error: no CUDA GPU visible (torch.cuda.is_available() is False)", file=sys.stderr)
         return 2
     engines = ["hf"] + (["vllm"] if importlib.util.find_spec("vllm") else [])
     with tempfile.TemporaryDirectory() as tmp:
         model = Path(tmp) / "qwen3"
-        build_model(model)
+        save_random_qwen3(model, 4096, **QWEN3)
         results = [run(e, model, args.steps, Path(tmp) / e) for e in engines]
     lines = [f"GPU check on {torch.cuda.get_device_name(0)}, torch {torch.__version__}, random-init Qwen3 "
              f"({QWEN3['num_hidden_layers']} layers, hidden {QWEN3['hidden_size']}), {args.steps} steps of 16 prompts × 8, "

@@ -90,29 +90,12 @@ def test_the_engine_log_probs_match_the_trainer_at_the_sampling_temperature(engi
 
 @pytest.fixture(scope="module")
 def random_qwen(tmp_path_factory):
-    """A random-init Qwen3 and a byte-level BPE tokenizer trained here on the shipped problems (no download); its
-    pad token is its EOS token, as in Qwen base models."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast, Qwen3Config, Qwen3ForCausalLM
+    """A random-init Qwen3 and a byte-level BPE tokenizer trained here on the shipped problems (no download)."""
+    from lpreg.models import save_random_qwen3
 
-    from lpreg.data import resolve_path
-
-    folder = tmp_path_factory.mktemp("qwen")
-    lines = [json.loads(x)["problem"] for x in resolve_path("pkg://lpreg/data/math/math500.jsonl").read_text().splitlines()]
-    bpe = Tokenizer(models.BPE())
-    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    bpe.decoder = decoders.ByteLevel()
-    bpe.train_from_iterator(lines, trainers.BpeTrainer(vocab_size=400, special_tokens=["<|endoftext|>"],
-                                                       initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
-    tok = PreTrainedTokenizerFast(tokenizer_object=bpe, eos_token="<|endoftext|>", pad_token="<|endoftext|>")
-    torch.manual_seed(0)
-    model = Qwen3ForCausalLM(Qwen3Config(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                                         num_attention_heads=2, num_key_value_heads=1, head_dim=16,
-                                         tie_word_embeddings=True, eos_token_id=tok.eos_token_id,
-                                         pad_token_id=tok.pad_token_id, max_position_embeddings=4096))
-    model.save_pretrained(folder)
-    tok.save_pretrained(folder)
-    return folder
+    return save_random_qwen3(tmp_path_factory.mktemp("qwen"), 400, hidden_size=32, intermediate_size=64,
+                             num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=1, head_dim=16,
+                             tie_word_embeddings=True, max_position_embeddings=4096)
 
 
 def test_task_math_with_a_real_model_runs_end_to_end_on_the_shipped_data(random_qwen, tmp_path):

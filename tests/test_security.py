@@ -271,7 +271,7 @@ def test_markdown_tables_escape_run_names_config_values_and_samples(tmp_path):
 
     from analysis.plots import table_text
 
-    row = {"mean": 0.5, "ci_low": 0.4, "ci_high": 0.6, "seeds": 2, "protocol": "best"}
+    row = {"mean": 0.5, "ci_low": 0.4, "ci_high": 0.6, "seeds": 3, "protocol": "best", "method": "t"}
     table = pd.DataFrame([{"regularizer": MARKUP, "source": "math|`x`", **row},
                           {"regularizer": "none", "source": "mean", **row}])
     assert_inert(table_text(table, "md"), n_lines=4, n_cols=4)
