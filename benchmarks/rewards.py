@@ -4,7 +4,7 @@
     python benchmarks/rewards.py throughput    # 2,048 legitimate + 2,048 adversarial responses, serial vs pool
     python benchmarks/rewards.py arithmetic    # the embedded task's reward phase: in process vs pool
 
-``budget`` grades every gold answer of ``../shared/data/math/*.jsonl`` (or ``$LPREG_MATH_DATA``) in three forms,
+``budget`` grades every gold answer of the shipped data (``lpreg/data/math/*.jsonl``) in three forms,
 in this process (math-verify's own 5 s timeout active), and prints the distribution of seconds per response per
 form: ``exact`` (``\\boxed{gold}``: the string fast path), ``equivalent`` (``\\boxed{{gold}}`` with ``\\frac`` as
 ``\\dfrac``: a different string, so parse + verify of two equal expressions), ``wrong`` (another problem's gold:
@@ -29,22 +29,22 @@ import argparse
 import os
 import random
 import time
-from pathlib import Path
 
 from lpreg.config import MathTaskConfig
+from lpreg.data import MATH_DATA, resolve_path
 from lpreg.rewards import RewardGrader
 from lpreg.tasks import Problem
 from lpreg.tasks.math import MathTask, grade, read_jsonl
 
 REPEAT_SLOWEST, REPEATS = 20, 3  # the budget section re-times its slowest responses to separate cost from load
-DATA = Path(os.environ.get("LPREG_MATH_DATA", "../shared/data/math"))  # as conf/task/math.yaml
+DATA = resolve_path(MATH_DATA)  # the math data shipped in the package
 
 
 def golds() -> list[str]:
     """Every reference answer of the shipped files, in file order."""
     paths = sorted(DATA.glob("*.jsonl"))
     if not paths:
-        raise FileNotFoundError(f"no *.jsonl in {DATA}; set LPREG_MATH_DATA to the shared data/math folder")
+        raise FileNotFoundError(f"no *.jsonl in {DATA}: reinstall lpreg (pip install -e .)")
     return [p.answer for path in paths for p in read_jsonl(path)]
 
 
