@@ -14,7 +14,7 @@ parse + verify of two different expressions). ``task.reward_timeout_s`` is chose
 (2,048) distinct adversarial ones (towers of exponents, factorials of huge numbers, deep nesting, 10,000-character
 boxes, unbalanced braces, binary garbage, empty boxes) and grades them with the cache off: serially in process (the
 old path; on the adversarial set only the first ``--serial-adversarial`` responses, since each slow one costs
-math-verify's 5 s) and with the pool at 1 and 2 workers. Printed as a markdown table. Distinct adversarial responses
+math-verify's 5 s) and with the pool at 1 and 2 workers (``--workers`` picks). Printed as a markdown table. Distinct adversarial responses
 are the pool's worst case: each slow one holds a worker for the whole budget, so the time is about
 slow × budget / workers.
 
@@ -125,7 +125,7 @@ def run(responses: list[str], gold_list: list[str], workers: int, timeout_s: flo
         return time.perf_counter() - t0, grades.rewards, grades.timed_out
 
 
-def throughput(n: int, n_adversarial: int, serial_adversarial: int, timeout_s: float) -> None:
+def throughput(n: int, n_adversarial: int, serial_adversarial: int, timeout_s: float, workers: list[int]) -> None:
     rng = random.Random(0)
     legit = rng.sample(forms(golds()), n)
     adv = adversarial(n_adversarial)
@@ -137,9 +137,10 @@ def throughput(n: int, n_adversarial: int, serial_adversarial: int, timeout_s: f
     cut_here: list[tuple[str, str, str]] = []
     for name, (responses, gold_list) in sets.items():
         size = len(responses)
-        for label, workers, count in [("serial (in process)", 0, min(serial_adversarial, size) if name == "adversarial"
-                                       else size), ("pool, 1 worker", 1, size), ("pool, 2 workers", 2, size)]:
-            secs, rewards, cut = run(responses[:count], gold_list[:count], workers, timeout_s)
+        for w in workers:
+            label = "serial (in process)" if w == 0 else f"pool, {w} worker{'s' * (w > 1)}"
+            count = min(serial_adversarial, size) if name == "adversarial" and w == 0 else size
+            secs, rewards, cut = run(responses[:count], gold_list[:count], w, timeout_s)
             ok = sum(r == e for r, e in zip(rewards, expected[name]))
             print(f"| {name} | {label} | {count} | {secs:.1f} | {secs / count * 1e3:.1f} | {len(cut)} | {ok}/{count} |",
                   flush=True)
@@ -180,6 +181,7 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=2048)
     ap.add_argument("--n-adversarial", type=int, default=2048)
     ap.add_argument("--serial-adversarial", type=int, default=100)
+    ap.add_argument("--workers", default="0,1,2", help="graders to compare: 0 = serial in process, k = pool of k")
     ap.add_argument("--timeout-s", type=float, default=MathTaskConfig.reward_timeout_s)
     args = ap.parse_args()
     print(f"cores: {len(os.sched_getaffinity(0))}, load average: {os.getloadavg()[0]:.1f}")
@@ -188,7 +190,8 @@ def main() -> None:
     elif args.section == "arithmetic":
         arithmetic(args.repeats)
     else:
-        throughput(args.n, args.n_adversarial, args.serial_adversarial, args.timeout_s)
+        throughput(args.n, args.n_adversarial, args.serial_adversarial, args.timeout_s,
+                   [int(w) for w in args.workers.split(",")])
 
 
 if __name__ == "__main__":
