@@ -28,6 +28,7 @@ from analysis.load import Runs, job_folders, load_histograms
 from analysis.stats import cell_text, ci_caption, curve_stats, results_table
 from lpreg.dashboard import READING
 from lpreg.metrics import METRICS, SECTIONS, is_template, keys_of, smoothing_points
+from lpreg.runfolder import arm
 
 DPI = 80  # embedded PNG resolution: 6.4 x 4.0 in figures -> 512 x 320 px, about 25 kB each
 SAMPLE_ROWS = 4  # sample completions shown per run (the latest logged table)
@@ -64,8 +65,8 @@ def jobs_from_folders(paths) -> list[Job]:
         root = next((r for r in roots if f.resolve().is_relative_to(r)), f.parent)
         cfg = f / ".hydra" / "config.yaml"
         out.append(Job(name=str(f.resolve().relative_to(root)) if f.resolve() != root else f.name,
-                       regularizer=str(s.get("regularizer", "?")), seed=s.get("seed"), status=str(s.get("status")),
-                       wall_time_s=s.get("wall_time_s"), error=s.get("error"),
+                       regularizer=arm(s) if s.get("regularizer") else "?", seed=s.get("seed"),
+                       status=str(s.get("status")), wall_time_s=s.get("wall_time_s"), error=s.get("error"),
                        overrides=tuple(map(str, s.get("overrides", []))),
                        config=cfg.read_text() if cfg.exists() else "", folder=f))
     return out
@@ -73,7 +74,7 @@ def jobs_from_folders(paths) -> list[Job]:
 
 def jobs_from_runs(runs: Runs) -> list[Job]:
     """Jobs known only from ``Runs`` (W&B source): the loaded runs and the skipped ones."""
-    done = [Job(name=r, regularizer=str(s["regularizer"]), seed=s.get("seed"), status=str(s.get("status")))
+    done = [Job(name=r, regularizer=arm(s), seed=s.get("seed"), status=str(s.get("status")))
             for r, s in runs.summaries.items()]
     return done + [Job(name=s.split(":")[0], regularizer="?", seed=None, status="skipped", error=s) for s in runs.skipped]
 

@@ -82,6 +82,24 @@ def plot_curve(stats: pd.DataFrame, metric: str, title: str | None = None, ylabe
     return fig
 
 
+def plot_pass_at_k(table: pd.DataFrame, protocol: str):
+    """pass@k against k (log2 axis) per arm from ``stats.pass_at_k_table``: mean over seeds with its 95% CI."""
+    fig, ax = plt.subplots(figsize=(6.4, 4.0), constrained_layout=True)
+    for reg in legend_order(table.regularizer.unique()):
+        g = table[table.regularizer == reg].sort_values("k")
+        note = "" if g.low.notna().any() else ", no CI"
+        ax.errorbar(g.k, g["mean"], yerr=[g["mean"] - g.low, g.high - g["mean"]], color=color(reg), marker="o",
+                    lw=1.4, capsize=3, label=f"{label(reg)} (n={int(g.n.max())}{note})")
+    ax.set_xscale("log", base=2)
+    ax.set_xticks(sorted(table.k.unique()), [str(k) for k in sorted(table.k.unique())])
+    ax.set_title(f"pass@k on the held-out set ({protocol} evaluation)")
+    ax.set_xlabel("k (samples per problem)")
+    ax.set_ylabel("pass@k (mean over sources)")
+    ax.grid(alpha=0.3)
+    ax.legend(frameon=False, fontsize=8, loc="best")
+    return fig
+
+
 def plot_prob_distribution(hists: pd.DataFrame, steps: list[int] | None = None, n_steps: int = 5):
     """Ridge plot of the sampled-token probability distribution at chosen steps, one panel per regularizer."""
     regs = legend_order(hists.regularizer.unique())

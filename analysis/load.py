@@ -1,5 +1,8 @@
 """Loading runs into one tidy DataFrame with columns ``run, regularizer, seed, step, metric, value``.
 
+The ``regularizer`` column holds the run's arm (``lpreg.runfolder.arm``): the regularizer's name, or the ``arm`` label
+of runs that set one (two arms of one regularizer, e.g. two entropy coefficients).
+
 A run is a Hydra job folder holding ``summary.json`` and ``metrics.jsonl`` (the local store, see
 ``lpreg/tracking.py``). Folders may be job folders, multirun folders, or any parent of them. Runs that failed, or
 that have no metrics, are reported (``Runs.skipped``) and left out; they are never fatal.
@@ -13,6 +16,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pandas as pd
+
+from lpreg.runfolder import arm
 
 COLUMNS = ["run", "regularizer", "seed", "step", "metric", "value"]
 
@@ -59,9 +64,9 @@ def load_runs(paths) -> Runs:
             continue
         run = str(job)
         summaries[run] = summary
-        rows += _rows(job / "metrics.jsonl", run, summary["regularizer"], int(summary["seed"]))
+        rows += _rows(job / "metrics.jsonl", run, arm(summary), int(summary["seed"]))
         if (job / "timing.jsonl").exists():
-            rows += _rows(job / "timing.jsonl", run, summary["regularizer"], int(summary["seed"]))
+            rows += _rows(job / "timing.jsonl", run, arm(summary), int(summary["seed"]))
     return Runs(pd.DataFrame(rows, columns=COLUMNS), summaries, skipped)
 
 
@@ -74,7 +79,7 @@ def load_histograms(runs: Runs, name: str = "policy/sampled_prob_hist") -> pd.Da
             for line in path.read_text().splitlines():
                 rec = json.loads(line)
                 if rec["name"] == name:
-                    rows.append((run, s["regularizer"], int(s["seed"]), rec["step"], rec["edges"], rec["counts"]))
+                    rows.append((run, arm(s), int(s["seed"]), rec["step"], rec["edges"], rec["counts"]))
     return pd.DataFrame(rows, columns=["run", "regularizer", "seed", "step", "edges", "counts"])
 
 
@@ -92,7 +97,8 @@ def load_wandb(path: str, group: str | None = None, api=None) -> Runs:
         if r.state != "finished":
             skipped.append(f"{r.name}: W&B state {r.state}")
             continue
-        reg, seed = r.config.get("regularizer", {}).get("name"), int(r.config.get("seed", 0))
+        reg = r.config.get("arm") or r.config.get("regularizer", {}).get("name")
+        seed = int(r.config.get("seed", 0))
         run = f"wandb:{r.id}"
         for rec in r.scan_history():
             step = rec.get("train/step")

@@ -7,10 +7,13 @@
     LPREG_SWEEP_STORAGE=postgresql://u:pw@host/db python analysis/plots.py <sweep folder>  # study.json masks pw
     python analysis/plots.py <multirun folder> --dashboard  # also dashboard.html (analysis/dashboard_html.py)
     python analysis/plots.py multirun/sweeps/fair          # a fair comparison (+sweep=fair): analysis/fair.py
+    python analysis/plots.py <study folder> --report docs/embedded_study.md  # experiment=embedded_study's report
 
 Writes, into ``--out`` (default ``<first folder>/figures``): one PNG+PDF per metric of ``figures.CURVES`` (mean over
 seeds, 95% CI band where 3 or more seeds ran, one line per regularizer), ``prob_distribution.png/pdf``,
-``results_{best,final}.{md,tex,csv}`` (mean and CI per arm) and ``paired_{best,final}.{md,tex,csv}`` (each arm minus
+``pass_at_k.png/pdf`` (pass@k against k, last_mean evaluations),
+``results_<protocol>.{md,tex,csv}`` (mean and CI per arm; protocols best, final, last_mean) and
+``paired_<protocol>.{md,tex,csv}`` (each arm minus
 ``none`` paired by seed, with CIs and a mark where they exclude zero; intervals as ``analysis/stats.py`` says), and
 with ``--dashboard`` one self-contained ``dashboard.html`` (the sections of the W&B workspace, the results table, the
 runs' configs and statuses). On a fair-comparison folder (``fair.json``) the curves and tables use its fresh-seed runs
@@ -26,9 +29,10 @@ import sys
 from pathlib import Path
 
 from analysis.fair import eval_folders, read_fair, write_fair
-from analysis.figures import CURVES, file_stem, plot_curve, plot_prob_distribution, plot_sweep, save
+from analysis.figures import CURVES, file_stem, plot_curve, plot_pass_at_k, plot_prob_distribution, plot_sweep, save
 from analysis.load import load_histograms, load_runs, load_wandb
-from analysis.stats import BASELINE, cell_text, ci_caption, curve_stats, paired_table, results_table
+from analysis.stats import (BASELINE, cell_text, ci_caption, curve_stats, paired_table, pass_at_k_table,
+                            results_table)
 from lpreg.mdtable import md_table, tex_cell
 from lpreg.pruning import STORAGE_ENV
 from lpreg.redact import unmask
@@ -45,9 +49,13 @@ def render(note: str, header: list[str], body: list[list[str]], fmt: str) -> str
     return "% " + note + "\n" + "\n".join(lines + [r"\bottomrule", r"\end{tabular}"]) + "\n"
 
 
+PASS_AT_K_PROTOCOL = "last_mean"  # pass@k averaged over the last evaluations: less noisy than the final one
+PROTOCOLS = {"best": "best over evaluations, as the paper", "final": "last evaluation",
+             "last_mean": "mean of the last objective.last_n evaluations"}
+
+
 def _protocol_text(proto: str) -> str:
-    return (f"Held-out accuracy (%), {proto} evaluation during training "
-            f"({'best over evaluations, as the paper' if proto == 'best' else 'last evaluation'})")
+    return f"Held-out accuracy (%), {proto} evaluation during training ({PROTOCOLS[proto]})"
 
 
 def table_text(table, fmt: str) -> str:
@@ -82,9 +90,9 @@ def paired_text(table, fmt: str) -> str:
 
 
 def write_tables(summaries: dict, out: Path) -> list[Path]:
-    """``results_{best,final}`` and ``paired_{best,final}`` as csv, md and tex; returns the files written."""
+    """``results_<protocol>`` and ``paired_<protocol>`` as csv, md and tex; returns the files written."""
     written = []
-    for protocol in ("best", "final"):
+    for protocol in PROTOCOLS:
         for stem, table, text in (("results", results_table(summaries, protocol), table_text),
                                   ("paired", paired_table(summaries, protocol), paired_text)):
             if table.empty:
@@ -109,6 +117,8 @@ def main(argv=None) -> int:
     ap.add_argument("--storage", help="an Optuna storage URL: plot the study named by --study")
     ap.add_argument("--study")
     ap.add_argument("--dashboard", action="store_true", help="also write dashboard.html, the W&B-free dashboard")
+    ap.add_argument("--report", type=Path, metavar="DOC.md",
+                    help="also write the embedded study's report (analysis/study.py); figures go to DOC/ beside it")
     args = ap.parse_args(argv)
     if args.storage:
         if not args.study:
@@ -128,7 +138,8 @@ def main(argv=None) -> int:
     except FileNotFoundError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    out = args.out or (args.folders[0] / "figures" if args.folders else Path("figures"))
+    out = args.out or (args.report.with_suffix("") if args.report else
+                       args.folders[0] / "figures" if args.folders else Path("figures"))
     for s in runs.skipped:
         print(f"skipped {s}")
     written = []
@@ -146,6 +157,8 @@ def main(argv=None) -> int:
         if hists is not None and not hists.empty:
             steps = [int(s) for s in args.steps.split(",")] if args.steps else None
             written += save(plot_prob_distribution(hists, steps), out, "prob_distribution")
+        if not (passk := pass_at_k_table(runs.summaries, PASS_AT_K_PROTOCOL)).empty:
+            written += save(plot_pass_at_k(passk, PASS_AT_K_PROTOCOL), out, "pass_at_k")
         written += write_tables(runs.summaries, out)
     for folder, info in fair.items():
         written += write_fair(folder, out, unmask(info["storage"], STORAGE_ENV))
@@ -165,6 +178,11 @@ def main(argv=None) -> int:
         source = f"{args.wandb}" + (f" group {args.group}" if args.group else "") if args.wandb else \
             ", ".join(str(f) for f in args.folders)
         written.append(write_dashboard(runs, jobs, out, f"lpreg dashboard: {source}", from_folders=not args.wandb))
+    if args.report and not runs.metrics.empty:
+        from analysis.study import write_report
+
+        command = "python analysis/plots.py " + " ".join(map(str, args.folders)) + f" --report {args.report}"
+        written.append(write_report(runs, args.folders, out, args.report, command))
     for p in written:
         print(f"wrote {p}")
     return 0 if written else 1

@@ -22,6 +22,8 @@ import math
 import numpy as np
 import pandas as pd
 
+from lpreg.runfolder import arm
+
 MIN_CI_N = 3  # fewer seeds than this: no confidence interval is reported
 BOOTSTRAP_MIN_N = 10  # from this many seeds on, the percentile bootstrap replaces the t-interval
 BASELINE = "none"  # the arm every other arm is compared with
@@ -124,7 +126,7 @@ def eval_values(summaries: dict[str, dict], protocol: str = "best") -> pd.DataFr
     for s in summaries.values():
         for k, v in s.get(protocol, {}).items():
             if (k.endswith("/acc") or k == "eval/mean") and v is not None:
-                rows.append((s["regularizer"], int(s["seed"]), k.removeprefix("eval/").removesuffix("/acc"), v))
+                rows.append((arm(s), int(s["seed"]), k.removeprefix("eval/").removesuffix("/acc"), v))
     return pd.DataFrame(rows, columns=["regularizer", "seed", "source", "value"])
 
 
@@ -149,14 +151,33 @@ def paired_table(summaries: dict[str, dict], protocol: str = "best", baseline: s
     base = df[df.regularizer == baseline].groupby(["source", "seed"]).value.mean()
     out = []
     for (reg, src), g in df[df.regularizer != baseline].groupby(["regularizer", "source"]):
-        arm = g.groupby("seed").value.mean()
-        pairs = [(arm[s], base[(src, s)]) for s in arm.index if (src, s) in base.index]
+        per_seed = g.groupby("seed").value.mean()
+        pairs = [(per_seed[s], base[(src, s)]) for s in per_seed.index if (src, s) in base.index]
         c = mean_ci([a - b for a, b in pairs])
         out.append({"regularizer": reg, "baseline": baseline, "source": src, "diff": c["mean"], "ci_low": c["low"],
                     "ci_high": c["high"], "pairs": c["n"], "method": c["method"],
                     "excludes_zero": excludes_zero(c["low"], c["high"]), "protocol": protocol})
     return pd.DataFrame(out, columns=["regularizer", "baseline", "source", "diff", "ci_low", "ci_high", "pairs",
                                       "method", "excludes_zero", "protocol"])
+
+
+def pass_at_k_table(summaries: dict[str, dict], protocol: str = "last_mean") -> pd.DataFrame:
+    """pass@k against k per arm: each run's ``eval/<src>/pass@k`` from its summary's ``protocol`` block, averaged over
+    the sources that report it, then mean and 95% CI over seeds (``mean_ci``). Columns ``regularizer, k, mean, low,
+    high, n, method``."""
+    per_run: dict[tuple[str, int, int], list[float]] = {}
+    for s in summaries.values():
+        for key, v in s.get(protocol, {}).items():
+            head, _, k = key.rpartition("/pass@")
+            if head.startswith("eval/") and k.isdigit() and v is not None:
+                per_run.setdefault((arm(s), int(s["seed"]), int(k)), []).append(v)
+    df = pd.DataFrame([(a, seed, k, float(np.mean(v))) for (a, seed, k), v in per_run.items()],
+                      columns=["regularizer", "seed", "k", "value"])
+    out = []
+    for (reg, k), g in df.groupby(["regularizer", "k"]):
+        c = mean_ci(g.value.to_numpy())
+        out.append((reg, k, c["mean"], c["low"], c["high"], c["n"], c["method"]))
+    return pd.DataFrame(out, columns=["regularizer", "k", "mean", "low", "high", "n", "method"])
 
 
 def cell_text(mean: float, low: float, high: float, n: int, scale: float = 100.0) -> str:

@@ -33,6 +33,7 @@ from omegaconf import DictConfig
 
 from lpreg.mdtable import md_table
 from lpreg.redact import mask_log_records, redact, rewrite_masked_yaml
+from lpreg.runfolder import arm
 
 log = logging.getLogger("lpreg")
 COLUMNS = ["job", "regularizer", "seed", "status", "final_acc", "best_acc", "final_entropy", "wall_time_s"]
@@ -61,7 +62,7 @@ def collect(sweep_dir: Path, ended: bool = True) -> list[dict[str, Any]]:
         elif ended and s.get("status") == "running":
             s["status"] = "failed"
         rows.append(redact({
-            "job": job.name, "regularizer": s.get("regularizer"), "seed": s.get("seed"),
+            "job": job.name, "regularizer": arm(s) if s.get("regularizer") else None, "seed": s.get("seed"),
             "status": s.get("status"), "final_acc": s.get("final", {}).get("eval/mean"),
             "best_acc": s.get("best", {}).get("eval/mean"),
             "final_entropy": s.get("last_train", {}).get("policy/entropy"), "wall_time_s": s.get("wall_time_s"),

@@ -261,6 +261,9 @@ class SweepConfig:
 @dataclass
 class Config:
     seed: int = 0
+    # The run's arm in summaries, tables and figures (default: the regularizer's name). Set by conf/arm/<name>.yaml,
+    # so that two arms of one regularizer (the embedded study's entropy bonus at two coefficients) stay apart.
+    arm: str | None = None
     model: Any = MISSING
     task: Any = MISSING
     rollout: Any = MISSING

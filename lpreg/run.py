@@ -61,12 +61,18 @@ def objective(evals: list[dict], cfg) -> float:
 
 
 def summarize(evals: list[dict], last: dict, cfg_obj) -> dict:
-    """Final, best and initial held-out metrics (best = max over evaluations, the paper's protocol)."""
+    """Final, best and initial held-out metrics (best = max over evaluations, the paper's protocol), and
+    ``last_mean``: the mean of the last ``objective.last_n`` evaluations after step 0 (less noisy than one evaluation:
+    the embedded study compares arms on it, docs/embedded_study.md)."""
     keys = sorted({k for e in evals for k in e if k.startswith("eval/")})
-    best = {k: max((e[k] for e in evals if k in e and not math.isnan(e[k])), default=None) for k in keys}
+    ok = lambda v: v is not None and not math.isnan(v)
+    best = {k: max((e[k] for e in evals if k in e and ok(e[k])), default=None) for k in keys}
+    tail = [e for e in evals if e["step"] > 0][-cfg_obj.objective.last_n:]
+    last_mean = {k: sum(vals) / len(vals) for k in keys if (vals := [e[k] for e in tail if ok(e.get(k))])}
     return {
         "final": {k: v for k, v in (evals[-1].items() if evals else []) if k.startswith("eval/")},
         "best": best,
+        "last_mean": last_mean,
         "initial": {k: v for k, v in evals[0].items() if k.startswith("eval/")} if evals and evals[0]["step"] == 0 else {},
         "final_step": evals[-1]["step"] if evals else None,
         "last_train": {k: v for k, v in last.items() if k.split("/")[0] in ("policy", "train", "lpreg", "loss")},
@@ -168,10 +174,11 @@ def main(cfg: DictConfig) -> float:
     cfg_obj = OmegaConf.to_object(cfg)  # every declared value range is checked here (lpreg/checks.py)
     cfg_obj.trainer.num_threads = thread_budget(cfg.trainer.num_threads, hc.launcher)
     reg = cfg.regularizer.name
+    arm = cfg.arm or reg
     main_rank = distributed.is_main()  # under torchrun rank 0 alone writes summary.json, the store and W&B
     lock = runfolder.acquire(job_dir) if main_rank else None  # before anything is written: one writer per folder
     stop_on_sigterm()
-    base = {"status": "running", "seed": cfg.seed, "regularizer": reg, "git_revision": git_revision(),
+    base = {"status": "running", "seed": cfg.seed, "regularizer": reg, "arm": arm, "git_revision": git_revision(),
             "num_threads": cfg_obj.trainer.num_threads, **runfolder.identity(),
             "overrides": redact(list(hc.overrides.task)), "job_dir": str(job_dir)}
     if (before := previous_run(job_dir)) == "crashed" and main_rank:
@@ -198,7 +205,7 @@ def main(cfg: DictConfig) -> float:
         # the tracker exists before the model and task load, so that a bad model or task is tracked too
         tracker = Tracker() if not main_rank else build_tracker(
                                 cfg_obj.wandb, job_dir, OmegaConf.to_container(cfg, resolve=True),
-                                wandb_group(cfg, root, multirun), name=f"{reg}-s{cfg.seed}", job_type=reg,
+                                wandb_group(cfg, root, multirun), name=f"{arm}-s{cfg.seed}", job_type=arm,
                                 tags=[f"git:{base['git_revision']}", *cfg.wandb.tags],
                                 run_id=resume.state.get("wandb_run_id") if resume else None,
                                 resume_step=resume.state["step"] if resume else 0)

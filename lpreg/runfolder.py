@@ -31,6 +31,12 @@ class RunFolderBusy(RuntimeError):
     """Another live process writes this run folder."""
 
 
+def arm(summary: dict) -> str:
+    """The arm a run belongs to in tables and figures: its ``arm`` (set by ``arm=<name>``, conf/arm/) or, for runs
+    without one, its regularizer's name."""
+    return str(summary.get("arm") or summary.get("regularizer"))
+
+
 def process_start(pid: int) -> int | None:
     """The start time of process ``pid`` (clock ticks after boot, field 22 of /proc/<pid>/stat); None if unknown."""
     try:

@@ -92,8 +92,8 @@ def test_each_value_is_stated_once_and_every_yaml_key_has_a_schema_field():
     config_yaml = ROOT / "conf" / "config.yaml"
     restated = [(k, v) for k, v, f in yaml_values(config_yaml) if _default(f) is not MISSING]
     assert not restated, f"conf/config.yaml restates dataclass defaults: {restated}"
-    for path in sorted((ROOT / "conf" / "experiment").glob("*.yaml")):
-        yaml_values(path)  # every key of an experiment file is a schema field
+    for path in sorted([*(ROOT / "conf" / "experiment").glob("*.yaml"), *(ROOT / "conf" / "arm").glob("*.yaml")]):
+        yaml_values(path)  # every key of an experiment or arm file is a schema field
     for path in sorted((ROOT / "conf" / "experiment_reg").glob("*/*.yaml")):  # regularizer values of an experiment
         fields = _schema_fields(REGULARIZERS.get(path.stem).config)
         assert set(yaml.safe_load(path.read_text())) <= set(fields), path
@@ -106,12 +106,27 @@ def test_each_value_is_stated_once_and_every_yaml_key_has_a_schema_field():
 def test_every_experiment_composes_with_every_regularizer(name):
     from lpreg.config import embedded_values
 
+    real = name.startswith("qwen")  # the others are named setups of the embedded testbed
     for reg in REGULARIZERS.names():
         cfg = compose_cfg([f"experiment={name}", f"regularizer={reg}"])
-        assert cfg.model.kind == "hf" and cfg.task.name == "math" and cfg.trainer.lr == 1e-6
-        if name.startswith("qwen"):
+        if real:
+            assert cfg.model.kind == "hf" and cfg.task.name == "math" and cfg.trainer.lr == 1e-6
             assert not embedded_values(cfg), (name, reg, embedded_values(cfg))  # nothing sized for the testbed left
-    assert compose_cfg([f"experiment={name}", "regularizer=lpreg"]).regularizer.rho in (0.01, 0.005)
+    if real:
+        assert compose_cfg([f"experiment={name}", "regularizer=lpreg"]).regularizer.rho in (0.01, 0.005)
+
+
+def test_arms_select_their_regularizer_and_label():
+    """conf/arm/<name>.yaml picks a regularizer (and values); ``arm`` names the run only where two arms share one."""
+    arms = sorted(p.stem for p in (ROOT / "conf" / "arm").glob("*.yaml"))
+    study = yaml.safe_load((ROOT / "conf" / "experiment" / "embedded_study.yaml").read_text())
+    assert sorted(study["hydra"]["sweeper"]["params"]["arm"].split(",")) == arms  # every arm runs in the study
+    for name in arms:
+        cfg = compose_cfg([f"arm={name}"])
+        assert (cfg.arm or cfg.regularizer.name) == name
+    large = compose_cfg(["arm=entropy_large"]).regularizer
+    assert large.name == "entropy" and large.entropy_coef > 10 * compose_cfg(["arm=entropy"]).regularizer.entropy_coef
+    assert compose_cfg([]).arm is None
 
 
 def test_user_facing_overrides_and_types():

@@ -1,0 +1,307 @@
+"""The embedded study's report: the setup, the measured dynamics, the paired tables and one paragraph per paper claim,
+every number computed from the study's runs (nothing typed by hand).
+
+    python -m lpreg.run -m experiment=embedded_study                  # conf/experiment/embedded_study.yaml
+    python analysis/plots.py <its multirun folder> --report docs/embedded_study.md
+
+``analysis/plots.py`` writes the figures and tables next to the report (``docs/embedded_study/``) and calls
+:func:`write_report`. The verdicts compare measured values with the thresholds of issue 14 and with the paper's
+claims as ``../shared/spec/lpreg_reference.md`` §5 states them; each paragraph gives the numbers it rests on.
+
+Per-run quantities (:func:`run_features`), all from ``metrics.jsonl`` and ``summary.json``:
+- entropy at the start and the end: mean of ``policy/entropy`` over the first and the last ``WINDOW`` training steps;
+  "lost" = 1 − end / start; the peak is the largest ``WINDOW``-step rolling mean;
+- held-out accuracy: ``eval/mean`` averaged over the last ``objective.last_n`` evaluations (``last_mean``), and the
+  step-0 evaluation;
+- low-probability mass: ``policy/lowprob_mass`` averaged over the last quarter of training;
+- pass@k at the largest k evaluated (``last_mean``).
+Comparisons between arms are paired by seed (``analysis/stats.py``: t-interval for 3-9 seeds, no CI below 3).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import platform
+import statistics
+from pathlib import Path
+
+import pandas as pd
+import yaml
+
+from analysis.load import Runs
+from analysis.stats import MIN_CI_N, excludes_zero, mean_ci, t_quantile
+from lpreg.mdtable import md_table
+from lpreg.runfolder import arm
+
+WINDOW = 10  # training steps averaged for the start and end entropy
+COLLAPSE = 0.70  # issue 14: GRPO ("none") should lose at least this fraction of its initial entropy
+DETECT = 0.05  # issue 14: a 5-point accuracy difference between two arms should be detectable with the seeds run
+LARGE = "entropy_large"  # the arm of the entropy bonus at a large coefficient (conf/arm/entropy_large.yaml)
+PAPER_ENTROPY = "entropy"  # the entropy bonus at the paper's coefficient
+BEST_BASELINE = "highent_8020"  # the paper's strongest baseline (80/20, on-policy, Qwen3-14B: 57.51)
+
+
+def run_features(runs: Runs) -> pd.DataFrame:
+    """One row per completed run: ``arm, seed, ent_start, ent_end, ent_peak, lost, acc, acc0, lowmass, passk, k``."""
+    rows = []
+    m = runs.metrics
+    for run, s in runs.summaries.items():
+        r = m[m.run == run]
+        ent = r[r.metric == "policy/entropy"].sort_values("step").value
+        low = r[r.metric == "policy/lowprob_mass"].sort_values("step")
+        low = low[low.step > low.step.max() * 0.75].value if not low.empty else low.value
+        last = s.get("last_mean", {})
+        ks = [int(k.rpartition("@")[2]) for k in last if "/pass@" in k]
+        kmax = max(ks, default=0)
+        passk = [v for k, v in last.items() if k.endswith(f"/pass@{kmax}")] if kmax else []
+        rows.append({
+            "arm": arm(s), "seed": int(s["seed"]),
+            "ent_start": ent.iloc[:WINDOW].mean() if len(ent) else math.nan,
+            "ent_end": ent.iloc[-WINDOW:].mean() if len(ent) else math.nan,
+            "ent_peak": ent.rolling(WINDOW, min_periods=1).mean().max() if len(ent) else math.nan,
+            "acc": last.get("eval/mean", math.nan), "acc0": s.get("initial", {}).get("eval/mean", math.nan),
+            "lowmass": low.mean() if len(low) else math.nan,
+            "passk": sum(passk) / len(passk) if passk else math.nan, "k": kmax,
+        })
+    df = pd.DataFrame(rows)
+    if not df.empty:
+        df["lost"] = 1 - df.ent_end / df.ent_start
+    return df
+
+
+def ci(values) -> dict:
+    """``mean_ci`` of ``values`` with ``excludes_zero``."""
+    c = mean_ci(list(values))
+    return {**c, "excludes_zero": excludes_zero(c["low"], c["high"])}
+
+
+def paired(df: pd.DataFrame, col: str, a: str, b: str) -> dict:
+    """``mean_ci`` of (arm a − arm b) of ``col`` over the seeds both ran, with ``excludes_zero``."""
+    x = df[df.arm == a].set_index("seed")[col]
+    y = df[df.arm == b].set_index("seed")[col]
+    seeds = sorted(set(x.index) & set(y.index))
+    return ci([x[s] - y[s] for s in seeds])
+
+
+def fmt(c: dict, scale: float = 1.0, digits: int = 3) -> str:
+    """``mean [low, high]`` (or ``mean (n=2, no CI)``) of a ``mean_ci`` result."""
+    if math.isnan(c["mean"]):
+        return "n/a"
+    m = f"{scale * c['mean']:.{digits}f}"
+    if math.isnan(c["low"]):
+        return f"{m} (n={c['n']}, no CI)"
+    return f"{m} [{scale * c['low']:.{digits}f}, {scale * c['high']:.{digits}f}]"
+
+
+def diff_text(c: dict, scale: float = 1.0, digits: int = 3, unit: str = "") -> str:
+    if math.isnan(c["mean"]):
+        return "not measured (the arms share no seed)"
+    side = "excludes zero" if c.get("excludes_zero") else ("includes zero" if not math.isnan(c["low"]) else "")
+    return f"{fmt(c, scale, digits)}{unit}" + (f" ({side})" if side else "")
+
+
+def detectable(df: pd.DataFrame, base: str = "none") -> tuple[float, float, int]:
+    """(smallest paired accuracy difference the seeds can detect, its SD of paired differences, n): the half-width of
+    the 95% t-interval for the per-seed differences arm − ``base``, pooled over the arms (root mean square of their
+    SDs)."""
+    sds, n = [], 0
+    xb = df[df.arm == base].set_index("seed").acc
+    for a in sorted(set(df.arm) - {base}):
+        xa = df[df.arm == a].set_index("seed").acc
+        d = [xa[s] - xb[s] for s in sorted(set(xa.index) & set(xb.index))]
+        if len(d) >= 2:
+            sds.append(statistics.stdev(d))
+            n = max(n, len(d))
+    if not sds or n < MIN_CI_N:  # no interval from fewer than 3 seeds (analysis/stats.py)
+        return math.nan, (math.sqrt(sum(v * v for v in sds) / len(sds)) if sds else math.nan), n
+    sd = math.sqrt(sum(v * v for v in sds) / len(sds))
+    return t_quantile(0.975, n - 1) * sd / math.sqrt(n), sd, n
+
+
+def verdict(ok: bool | None) -> str:
+    return "**Reproduced.**" if ok else ("**Not reproduced.**" if ok is not None else "**Not measured.**")
+
+
+def direction(c: dict, sign: int = 1) -> str:
+    """The verdict on a paired difference that the paper says has sign ``sign``: reproduced when its CI excludes
+    zero on that side, contradicted when it excludes zero on the other, inconclusive when it includes zero."""
+    if math.isnan(c["low"]):
+        return "**Not measured** (fewer than 3 paired seeds)."
+    if c["excludes_zero"]:
+        return "**Reproduced.**" if sign * c["mean"] > 0 else "**Contradicted.**"
+    return "**Inconclusive** (the CI includes zero)."
+
+
+def setup(folder: Path) -> dict:
+    """The resolved config of the study's first job (all jobs share it but for arm and seed)."""
+    for cfg in sorted(folder.glob("*/.hydra/config.yaml")):
+        return yaml.safe_load(cfg.read_text())
+    return {}
+
+
+def wall_time_s(folder: Path) -> float:
+    """From the first job's start (its ``.hydra/`` written) to the last job's end (its ``summary.json`` written)."""
+    starts = [p.stat().st_mtime for p in folder.glob("*/.hydra/overrides.yaml")]
+    ends = [p.stat().st_mtime for p in folder.glob("*/summary.json")]
+    return max(ends) - min(starts) if starts and ends else math.nan
+
+
+def machine() -> str:
+    import torch
+
+    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                if line.startswith("model name")), platform.processor()) if Path("/proc/cpuinfo").exists() else "?"
+    return (f"{len(os.sched_getaffinity(0))} cores ({cpu}), Python {platform.python_version()}, "
+            f"torch {torch.__version__}, {platform.system()}")
+
+
+def arm_table(df: pd.DataFrame, order: list[str]) -> str:
+    header = ["arm", "seeds", "entropy start", "entropy end", "entropy lost", "peak entropy",
+              "accuracy (last_mean, %)", "SD over seeds (points)", "Δ accuracy vs none (points)"]
+    body = []
+    for a in order:
+        g = df[df.arm == a]
+        sd = statistics.stdev(g.acc) * 100 if len(g) >= 2 else math.nan
+        d = paired(df, "acc", a, "none") if a != "none" else None
+        body.append([a, str(len(g)), fmt(ci(g.ent_start)), fmt(ci(g.ent_end)), fmt(ci(g.lost), 100, 1) + " %",
+                     fmt(ci(g.ent_peak)), fmt(ci(g.acc), 100, 1), f"{sd:.1f}",
+                     "-" if d is None else diff_text(d, 100, 1) + (" *" if d["excludes_zero"] else "")])
+    return md_table(header, body)
+
+
+def claims(df: pd.DataFrame) -> list[tuple[str, str]]:
+    """(title, paragraph) per paper claim, with the measured numbers and a verdict."""
+    arms = set(df.arm)
+    g = lambda a: df[df.arm == a]
+    out = []
+    if "none" in arms:
+        lost = ci(g("none").lost)
+        out.append(("GRPO's entropy collapses (paper Fig. 5: GRPO on-policy decays to about 0.02-0.05)",
+                    f"{verdict(lost['mean'] >= COLLAPSE)} `none` loses {fmt(lost, 100, 1)} % of its initial entropy "
+                    f"(from {fmt(ci(g('none').ent_start))} to {fmt(ci(g('none').ent_end))} nats; per seed "
+                    f"{', '.join(f'{100 * v:.0f} %' for v in g('none').lost)}); the testbed's threshold is "
+                    f"{100 * COLLAPSE:.0f} %."))
+    if LARGE in arms and "none" in arms:
+        big = g(LARGE)
+        rising = ci(big.ent_end / big.ent_start)
+        dacc = paired(df, "acc", LARGE, "none")
+        unstable = rising["mean"] > 1.5 or (dacc["excludes_zero"] and dacc["mean"] < 0)
+        out.append(("A large entropy bonus is unstable (paper: GRPO + entropy loss 50.40 vs GRPO 57.43 on Qwen3-14B)",
+                    f"{verdict(unstable)} With a large coefficient the end/start entropy ratio is {fmt(rising, 1, 2)} "
+                    f"(peak {fmt(ci(big.ent_peak))} nats) and its accuracy differs from `none` by "
+                    f"{diff_text(dacc, 100, 1, ' points')}. Counted as instability: entropy ending above 1.5x its "
+                    "start, or an accuracy loss whose CI excludes zero."))
+    if PAPER_ENTROPY in arms and "none" in arms:
+        dent = paired(df, "ent_end", PAPER_ENTROPY, "none")
+        dacc = paired(df, "acc", PAPER_ENTROPY, "none")
+        out.append(("The entropy bonus at the paper's coefficient 0.002",
+                    f"Against `none`: end entropy {diff_text(dent, 1, 3, ' nats')}, accuracy "
+                    f"{diff_text(dacc, 100, 1, ' points')}. At this scale the bonus is "
+                    f"{'distinguishable' if dent['excludes_zero'] else 'not distinguishable'} from GRPO in entropy."))
+    if "clip_higher" in arms and "none" in arms:
+        ch = g("clip_higher")
+        dent = paired(df, "ent_end", "clip_higher", "none")
+        rises = ci(ch.ent_end - ch.ent_start)
+        out.append(("Clip-Higher's entropy rises without bound (paper Fig. 5: above 0.6 by step 100, off-policy)",
+                    f"{verdict(bool(rises['excludes_zero'] and rises['mean'] > 0))} Clip-Higher's entropy changes by "
+                    f"{fmt(rises)} nats from start to end (peak {fmt(ci(ch.ent_peak))}); against `none` at the end: "
+                    f"{diff_text(dent, 1, 3, ' nats')}."))
+    if "lpreg" in arms and "none" in arms:
+        lp = g("lpreg")
+        dent = paired(df, "ent_end", "lpreg", "none")
+        stable = bool(dent["excludes_zero"] and dent["mean"] > 0 and ci(lp.ent_peak)["mean"] < 1.5 * ci(lp.ent_start)["mean"])
+        out.append(("Lp-Reg keeps entropy from collapsing, stably (paper Fig. 5: dips, then stabilizes at 0.2-0.25)",
+                    f"{verdict(stable)} Lp-Reg loses {fmt(ci(lp.lost), 100, 1)} % of its entropy (end "
+                    f"{fmt(ci(lp.ent_end))} nats, peak {fmt(ci(lp.ent_peak))}); its end entropy minus `none`'s: "
+                    f"{diff_text(dent, 1, 3, ' nats')}. Counted as reproduced: above `none` with a CI excluding "
+                    "zero and never above 1.5x its start."))
+        dlow = paired(df, "lowmass", "lpreg", "none")
+        out.append(("Lp-Reg preserves low-probability tokens (paper §4, Fig. 1: the 'reasoning sparks')",
+                    f"{direction(dlow)} Probability mass of tokens below "
+                    f"the low-probability threshold over the last quarter of training, Lp-Reg minus `none`: "
+                    f"{diff_text(dlow, 1, 4)}."))
+        kmax = int(df.k.max()) if len(df) else 0
+        dpass = paired(df, "passk", "lpreg", "none")
+        out.append((f"Lp-Reg explores more: pass@{kmax}",
+                    f"{direction(dpass)} pass@{kmax} (last_mean), Lp-Reg "
+                    f"minus `none`: {diff_text(dpass, 100, 1, ' points')}."))
+        for base, what in (("none", "GRPO"), (BEST_BASELINE, "the strongest baseline, 80/20")):
+            if base in arms:
+                d = paired(df, "acc", "lpreg", base)
+                out.append((f"Lp-Reg is more accurate than {what} (paper: 60.17 vs 57.43 GRPO, 57.51 80/20)",
+                            f"{direction(d)} Held-out accuracy (last_mean), "
+                            f"Lp-Reg minus `{base}`: {diff_text(d, 100, 1, ' points')}."))
+    return out
+
+
+def write_report(runs: Runs, folders: list[Path], out: Path, doc: Path, command: str) -> Path:
+    """Write the study report ``doc`` (Markdown) linking the figures and tables in ``out``."""
+    df = run_features(runs)
+    if df.empty:
+        raise ValueError("no completed runs: nothing to report")
+    order = [a for a in ["none", "entropy", LARGE, "clip_higher", "highent_8020", "lpreg"] if a in set(df.arm)]
+    order += sorted(set(df.arm) - set(order))
+    cfg = setup(folders[0])
+    tr, ev, task = cfg.get("trainer", {}), cfg.get("eval", {}), cfg.get("task", {})
+    half, sd, n = detectable(df)
+    wall = sum(wall_time_s(f) for f in folders)
+    rel = os.path.relpath(out, doc.parent)
+    lines = [
+        "# The embedded study",
+        "",
+        f"*Generated by `{command}` from {len(df)} completed runs; do not edit by hand: rerun the command.*",
+        "",
+        "## Command, machine, time",
+        "",
+        "```bash\npython -m lpreg.run -m experiment=embedded_study\n"
+        f"python analysis/plots.py <multirun folder> --report {doc}\n```",
+        "",
+        f"- Machine: {machine()}.",
+        f"- Wall time of the study: {wall / 60:.1f} min (first job's start to last job's end; "
+        f"{len(df)} runs, `hydra/launcher=joblib`, 2 at a time).",
+        f"- Runs skipped (not completed): {len(runs.skipped)}" + ("" if not runs.skipped else ": " + "; ".join(runs.skipped)),
+        f"- Setup: task `{task.get('name')}` ({task.get('digits', '?')}-digit, {task.get('n_test', '?')} held-out "
+        f"problems), {tr.get('steps')} steps of {tr.get('prompts_per_step')} prompts x "
+        f"{cfg.get('rollout', {}).get('group_size')} responses, {tr.get('mini_batches')} mini-batches per step, "
+        f"lr {tr.get('lr')} with {tr.get('lr_warmup_steps')} warm-up steps; evaluation every {ev.get('every')} steps "
+        f"(greedy, and {ev.get('samples')} samples at T = {ev.get('temperature')} for pass@k); compared on the mean "
+        f"of the last {cfg.get('objective', {}).get('last_n')} evaluations (`last_mean`).",
+        "",
+        "## Arms",
+        "",
+        "Entropy is the token-mean policy entropy of the rollouts (nats); start and end are means over the first and "
+        f"last {WINDOW} steps, with 95% CIs over seeds (t-interval). Δ accuracy is paired by seed; * marks a CI "
+        "that excludes zero.",
+        "",
+        arm_table(df, order),
+        "",
+        f"Between-seed noise: the SD of the paired accuracy differences (arm − none) is {100 * sd:.1f} points "
+        f"(root mean square over arms); " + (
+            f"with {n} seeds the 95% CI of a paired difference is ±{100 * half:.1f} points, so a "
+            f"{100 * DETECT:.0f}-point difference is {'detectable' if half <= DETECT else 'not reliably detectable'} "
+            "(issue 14's requirement)." if not math.isnan(half) else
+            f"with {n} paired seeds no interval is computed (at least {MIN_CI_N} are needed)."),
+        "",
+        "## Figures",
+        "",
+    ]
+    figures = [("policy_entropy", "Policy entropy"), ("eval_mean", "Held-out accuracy"),
+               ("policy_lowprob_mass", "Low-probability mass"), ("policy_lowprob_frac", "Low-probability tokens"),
+               ("pass_at_k", "pass@k"), ("prob_distribution", "Sampled-token probabilities")]
+    for stem, title in figures:
+        if (out / f"{stem}.png").exists():
+            lines += [f"![{title}]({rel}/{stem}.png)", ""]
+    lines += ["## Paired tables", ""]
+    for proto in ("last_mean", "best"):
+        p = out / f"paired_{proto}.md"
+        if p.exists():
+            lines += [p.read_text().strip(), ""]
+    lines += ["## The paper's claims, measured", ""]
+    for title, text in claims(df):
+        lines += [f"**{title}.** {text}", ""]
+    lines += ["**First-token entropy.** Not measured: in the addition task every problem has one answer and one "
+              "digit order, so there is no branching point whose entropy would mean exploration.", ""]
+    doc.parent.mkdir(parents=True, exist_ok=True)
+    doc.write_text("\n".join(lines))
+    return doc

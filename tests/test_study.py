@@ -1,0 +1,121 @@
+"""The embedded study (issue 14): its report's arithmetic on hand-made runs, and a reduced smoke run of the study
+command end to end (the full study takes ~45 min: docs/embedded_study.md)."""
+
+import json
+import math
+import statistics
+import subprocess
+import sys
+
+import pandas as pd
+import pytest
+from conftest import ROOT, run_cli
+
+from analysis.load import Runs
+from analysis.stats import t_quantile
+from analysis.study import claims, detectable, paired, run_features
+
+ARMS = ["none", "entropy", "entropy_large", "clip_higher", "lpreg", "highent_8020"]
+
+
+def fake_runs(spec: dict[str, tuple[float, float, float]], seeds=(0, 1, 2, 3, 4), steps=40) -> Runs:
+    """Runs whose entropy goes linearly from ``start`` to ``end`` and whose last_mean accuracy is ``acc`` + a
+    per-seed offset shared by all arms (so paired differences are exact)."""
+    rows, summaries = [], {}
+    for a, (start, end, acc) in spec.items():
+        for seed in seeds:
+            run = f"{a}_s{seed}"
+            for step in range(1, steps + 1):
+                rows.append((run, a, seed, step, "policy/entropy", start + (end - start) * (step - 1) / (steps - 1)))
+                rows.append((run, a, seed, step, "policy/lowprob_mass", 0.01 if a == "lpreg" else 0.005))
+            off = 0.01 * seed
+            summaries[run] = {"regularizer": a.split("_large")[0], "arm": a, "seed": seed, "status": "completed",
+                              "initial": {"eval/mean": 0.35},
+                              "last_mean": {"eval/mean": acc + off, "eval/arithmetic/pass@1": acc + off,
+                                            "eval/arithmetic/pass@4": acc + off + (0.1 if a == "lpreg" else 0.05)}}
+    return Runs(pd.DataFrame(rows, columns=["run", "regularizer", "seed", "step", "metric", "value"]), summaries, [])
+
+
+def test_features_and_paired_differences_are_the_hand_computed_ones():
+    runs = fake_runs({"none": (0.5, 0.1, 0.60), "lpreg": (0.5, 0.3, 0.66)})
+    df = run_features(runs)
+    none = df[df.arm == "none"].iloc[0]
+    # start = mean of the first 10 of 40 linearly spaced values from 0.5 to 0.1; end = the last 10
+    step = 0.4 / 39
+    assert none.ent_start == pytest.approx(0.5 - step * 4.5) and none.ent_end == pytest.approx(0.1 + step * 4.5)
+    assert none.lost == pytest.approx(1 - none.ent_end / none.ent_start)
+    assert none.k == 4 and none.passk == pytest.approx(0.60 + 0.05)
+    d = paired(df, "acc", "lpreg", "none")
+    assert d["mean"] == pytest.approx(0.06) and d["n"] == 5 and d["excludes_zero"]  # identical offsets: zero width
+    assert d["high"] - d["low"] == pytest.approx(0.0, abs=1e-12)
+
+
+def test_detectable_difference_is_the_t_interval_half_width():
+    runs = fake_runs({"none": (0.5, 0.1, 0.60), "lpreg": (0.5, 0.3, 0.66)})
+    for run, s in runs.summaries.items():  # give lpreg seed-dependent noise: differences 0, .02, -.02, .04, -.04
+        if s["arm"] == "lpreg":
+            s["last_mean"]["eval/mean"] += [0, 0.02, -0.02, 0.04, -0.04][s["seed"]]
+    half, sd, n = detectable(run_features(runs))
+    expected_sd = statistics.stdev([0.06, 0.08, 0.04, 0.10, 0.02])
+    assert n == 5 and sd == pytest.approx(expected_sd)
+    assert half == pytest.approx(t_quantile(0.975, 4) * expected_sd / math.sqrt(5))
+
+
+def test_claims_follow_the_measurements():
+    text = dict(claims(run_features(fake_runs({
+        "none": (0.5, 0.05, 0.60), "entropy": (0.5, 0.05, 0.60), "entropy_large": (0.5, 1.5, 0.30),
+        "clip_higher": (0.5, 0.6, 0.60), "lpreg": (0.5, 0.3, 0.66), "highent_8020": (0.5, 0.2, 0.62)}))))
+    by_start = lambda prefix: next(v for k, v in text.items() if k.startswith(prefix))
+    assert by_start("GRPO's entropy collapses").startswith("**Reproduced.**")  # lost 1 - 0.096/0.454 = 79 % >= 70 %
+    assert by_start("A large entropy bonus").startswith("**Reproduced.**")  # entropy x2.6 and accuracy -30 points
+    assert by_start("Clip-Higher").startswith("**Reproduced.**")
+    assert by_start("Lp-Reg keeps entropy").startswith("**Reproduced.**")
+    assert by_start("Lp-Reg preserves").startswith("**Reproduced.**")
+    assert by_start("Lp-Reg is more accurate than GRPO").startswith("**Reproduced.**")
+    # GRPO keeping its entropy, Lp-Reg less accurate than 80/20: the verdicts turn
+    text = dict(claims(run_features(fake_runs({"none": (0.5, 0.4, 0.60), "lpreg": (0.5, 0.45, 0.58),
+                                               "highent_8020": (0.5, 0.3, 0.62)}))))
+    assert by_start("GRPO's entropy collapses").startswith("**Not reproduced.**")
+    assert by_start("Lp-Reg is more accurate than the strongest").startswith("**Contradicted.**")
+    two = dict(claims(run_features(fake_runs({"none": (0.5, 0.1, 0.6), "lpreg": (0.5, 0.3, 0.66)}, seeds=(0, 1)))))
+    assert next(v for k, v in two.items() if k.startswith("Lp-Reg is more accurate")).startswith("**Not measured**")
+
+
+@pytest.fixture(scope="module")
+def smoke(tmp_path_factory):
+    """The study command, reduced: every arm, 2 seeds, 4 steps (the CI version issue 14 asks for)."""
+    base = tmp_path_factory.mktemp("study")
+    run_cli(["-m", "experiment=embedded_study", "seed=0,1", "trainer.steps=4", "trainer.prompts_per_step=4",
+             "trainer.lr_warmup_steps=2", "eval.every=2", "eval.samples=2", "metrics.samples_every=0",
+             f"hydra.sweep.dir={base}/study"], cwd=base, timeout=900)
+    return base / "study"
+
+
+def test_the_study_command_runs_every_arm_and_the_report_is_generated(smoke, tmp_path):
+    jobs = sorted(p.name for p in smoke.iterdir() if (p / "summary.json").exists())
+    assert sorted(j.split("_", 1)[1] for j in jobs) == sorted(f"{a}_s{s}" for a in ARMS for s in (0, 1))
+    large = json.loads((smoke / next(j for j in jobs if "entropy_large" in j) / "summary.json").read_text())
+    assert large["arm"] == "entropy_large" and large["regularizer"] == "entropy"
+    # last_mean = the mean of the last objective.last_n (3) evaluations after step 0: steps 2 and 4 here
+    evals = [r for r in map(json.loads, (smoke / jobs[0] / "metrics.jsonl").read_text().splitlines())
+             if "eval/mean" in r and r["step"] > 0]
+    first = json.loads((smoke / jobs[0] / "summary.json").read_text())
+    assert [r["step"] for r in evals] == [2, 4]
+    assert first["last_mean"]["eval/mean"] == pytest.approx(sum(r["eval/mean"] for r in evals) / 2)
+
+    doc = tmp_path / "embedded_study.md"
+    proc = subprocess.run([sys.executable, str(ROOT / "analysis" / "plots.py"), str(smoke), "--report", str(doc)],
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    text = doc.read_text()
+    for section in ("## Command, machine, time", "## Arms", "## Figures", "## Paired tables",
+                    "## The paper's claims, measured"):
+        assert section in text
+    for a in ARMS:
+        assert f"| {a} | 2 |" in text  # one row per arm, 2 seeds
+    assert "no CI" in text and "±" not in text.split("## Paired tables")[0]  # 2 seeds: no interval anywhere
+    assert "Not measured" in text  # paired verdicts need 3 seeds
+    figures = tmp_path / "embedded_study"
+    for stem in ("policy_entropy", "eval_mean", "policy_lowprob_mass", "pass_at_k"):
+        assert (figures / f"{stem}.png").stat().st_size > 1000
+        assert f"](embedded_study/{stem}.png)" in text
