@@ -82,6 +82,34 @@ def plot_curve(stats: pd.DataFrame, metric: str, title: str | None = None, ylabe
     return fig
 
 
+def plot_arm_panels(stats: dict[str, pd.DataFrame], titles: dict[str, str], baseline: str = "none"):
+    """Small multiples: one row per metric (``stats``: metric -> ``curve_stats`` output), one column per arm; each
+    panel shows the arm's mean and 95% CI band, with ``baseline``'s mean dashed for reference. Rows share y."""
+    regs = legend_order(set().union(*(set(s.regularizer) for s in stats.values())))
+    regs = [baseline] * (baseline in regs) + [r for r in regs if r != baseline]
+    fig, axes = plt.subplots(len(stats), len(regs), figsize=(2.4 * len(regs), 2.1 * len(stats)), sharex=True,
+                             sharey="row", squeeze=False, constrained_layout=True)
+    for row, (metric, st) in enumerate(stats.items()):
+        base = st[st.regularizer == baseline].sort_values("step")
+        for col, reg in enumerate(regs):
+            ax = axes[row][col]
+            g = st[st.regularizer == reg].sort_values("step")
+            if reg != baseline and not base.empty:
+                ax.plot(base.step, base["mean"], color="black", lw=0.9, ls="--", alpha=0.6)
+            ax.plot(g.step, g["mean"], color=color(reg), lw=1.4)
+            ax.fill_between(g.step, g.low, g.high, color=color(reg), alpha=0.25, lw=0)
+            ax.grid(alpha=0.3)
+            if row == 0:
+                n = int(g.n.max()) if not g.empty else 0
+                ax.set_title(f"{label(reg)} (n={n})", fontsize=9)
+            if col == 0:
+                ax.set_ylabel(titles[metric], fontsize=8)
+            if row == len(stats) - 1:
+                ax.set_xlabel("step", fontsize=8)
+    fig.suptitle(f"One panel per arm: mean over seeds, 95% CI band; dashed: {baseline}", fontsize=10)
+    return fig
+
+
 def plot_pass_at_k(table: pd.DataFrame, protocol: str):
     """pass@k against k (log2 axis) per arm from ``stats.pass_at_k_table``: mean over seeds with its 95% CI."""
     fig, ax = plt.subplots(figsize=(6.4, 4.0), constrained_layout=True)

@@ -11,7 +11,8 @@
 
 Writes, into ``--out`` (default ``<first folder>/figures``): one PNG+PDF per metric of ``figures.CURVES`` (mean over
 seeds, 95% CI band where 3 or more seeds ran, one line per regularizer), ``prob_distribution.png/pdf``,
-``pass_at_k.png/pdf`` (pass@k against k, last_mean evaluations),
+``pass_at_k.png/pdf`` (pass@k against k, last_mean evaluations), ``arm_panels.png/pdf`` (entropy, accuracy and
+low-probability mass, one panel per arm),
 ``results_<protocol>.{md,tex,csv}`` (mean and CI per arm; protocols best, final, last_mean) and
 ``paired_<protocol>.{md,tex,csv}`` (each arm minus
 ``none`` paired by seed, with CIs and a mark where they exclude zero; intervals as ``analysis/stats.py`` says), and
@@ -29,7 +30,8 @@ import sys
 from pathlib import Path
 
 from analysis.fair import eval_folders, read_fair, write_fair
-from analysis.figures import CURVES, file_stem, plot_curve, plot_pass_at_k, plot_prob_distribution, plot_sweep, save
+from analysis.figures import (CURVES, file_stem, plot_arm_panels, plot_curve, plot_pass_at_k, plot_prob_distribution,
+                              plot_sweep, save)
 from analysis.load import load_histograms, load_runs, load_wandb
 from analysis.stats import (BASELINE, cell_text, ci_caption, curve_stats, paired_table, pass_at_k_table,
                             results_table)
@@ -49,6 +51,9 @@ def render(note: str, header: list[str], body: list[list[str]], fmt: str) -> str
     return "% " + note + "\n" + "\n".join(lines + [r"\bottomrule", r"\end{tabular}"]) + "\n"
 
 
+# arm_panels: one row per metric, with its short row label
+PANEL_METRICS = {"policy/entropy": "entropy (nats)", "eval/mean": "held-out accuracy",
+                 "policy/lowprob_mass": "low-prob. mass"}
 PASS_AT_K_PROTOCOL = "last_mean"  # pass@k averaged over the last evaluations: less noisy than the final one
 PROTOCOLS = {"best": "best over evaluations, as the paper", "final": "last evaluation",
              "last_mean": "mean of the last objective.last_n evaluations"}
@@ -157,6 +162,10 @@ def main(argv=None) -> int:
         if hists is not None and not hists.empty:
             steps = [int(s) for s in args.steps.split(",")] if args.steps else None
             written += save(plot_prob_distribution(hists, steps), out, "prob_distribution")
+        panels = {m: curve_stats(runs.metrics, m, CURVES[m][2]) for m in PANEL_METRICS}
+        panels = {m: st for m, st in panels.items() if not st.empty}
+        if panels:
+            written += save(plot_arm_panels(panels, PANEL_METRICS), out, "arm_panels")
         if not (passk := pass_at_k_table(runs.summaries, PASS_AT_K_PROTOCOL)).empty:
             written += save(plot_pass_at_k(passk, PASS_AT_K_PROTOCOL), out, "pass_at_k")
         written += write_tables(runs.summaries, out)

@@ -286,7 +286,7 @@ def write_report(runs: Runs, folders: list[Path], out: Path, doc: Path, command:
         "## Figures",
         "",
     ]
-    figures = [("policy_entropy", "Policy entropy"), ("eval_mean", "Held-out accuracy"),
+    figures = [("arm_panels", "One panel per arm"), ("policy_entropy", "Policy entropy"), ("eval_mean", "Held-out accuracy"),
                ("policy_lowprob_mass", "Low-probability mass"), ("policy_lowprob_frac", "Low-probability tokens"),
                ("pass_at_k", "pass@k"), ("prob_distribution", "Sampled-token probabilities")]
     for stem, title in figures:
