@@ -84,11 +84,12 @@ def plot_curve(stats: pd.DataFrame, metric: str, title: str | None = None, ylabe
 
 def plot_arm_panels(stats: dict[str, pd.DataFrame], titles: dict[str, str], baseline: str = "none"):
     """Small multiples: one row per metric (``stats``: metric -> ``curve_stats`` output), one column per arm; each
-    panel shows the arm's mean and 95% CI band, with ``baseline``'s mean dashed for reference. Rows share y."""
+    panel shows the arm's mean and 95% CI band, with ``baseline``'s mean dashed for reference. Each panel has its own
+    y range (an arm whose entropy explodes would otherwise flatten every other panel of its row)."""
     regs = legend_order(set().union(*(set(s.regularizer) for s in stats.values())))
     regs = [baseline] * (baseline in regs) + [r for r in regs if r != baseline]
     fig, axes = plt.subplots(len(stats), len(regs), figsize=(2.4 * len(regs), 2.1 * len(stats)), sharex=True,
-                             sharey="row", squeeze=False, constrained_layout=True)
+                             squeeze=False, constrained_layout=True)
     for row, (metric, st) in enumerate(stats.items()):
         base = st[st.regularizer == baseline].sort_values("step")
         for col, reg in enumerate(regs):

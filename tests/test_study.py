@@ -55,10 +55,10 @@ def test_detectable_difference_is_the_t_interval_half_width():
     for run, s in runs.summaries.items():  # give lpreg seed-dependent noise: differences 0, .02, -.02, .04, -.04
         if s["arm"] == "lpreg":
             s["last_mean"]["eval/mean"] += [0, 0.02, -0.02, 0.04, -0.04][s["seed"]]
-    half, sd, n = detectable(run_features(runs))
+    half = detectable(run_features(runs))
     expected_sd = statistics.stdev([0.06, 0.08, 0.04, 0.10, 0.02])
-    assert n == 5 and sd == pytest.approx(expected_sd)
-    assert half == pytest.approx(t_quantile(0.975, 4) * expected_sd / math.sqrt(5))
+    assert half == pytest.approx({"lpreg": t_quantile(0.975, 4) * expected_sd / math.sqrt(5)})
+    assert detectable(run_features(fake_runs({"none": (0.5, 0.1, 0.6), "lpreg": (0.5, 0.3, 0.66)}, seeds=(0, 1)))) == {}
 
 
 def test_claims_follow_the_measurements():
