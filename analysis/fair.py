@@ -112,6 +112,8 @@ def plot_sensitivity(trials: pd.DataFrame, info: dict):
     """One panel per arm: each tuning trial's objective against the arm's main hyperparameter (log axis when the
     search space is log-scaled); the best trial circled."""
     import matplotlib.pyplot as plt
+    import numpy as np
+    from matplotlib.ticker import NullFormatter
 
     from analysis.figures import color, label
 
@@ -124,10 +126,16 @@ def plot_sensitivity(trials: pd.DataFrame, info: dict):
         ax.scatter(best.param_value, best.value, facecolors="none", edgecolors="k", s=80, label="best trial")
         if entry["space"].get(entry["main_param"], {}).get("log"):
             ax.set_xscale("log")
+            # three labelled ticks across the search range: matplotlib labels every minor tick of a range narrower
+            # than a decade (overlapping text) and none when no power of ten falls inside it
+            space = entry["space"][entry["main_param"]]
+            ticks = np.geomspace(space["low"], space["high"], 3)
+            ax.xaxis.set_minor_formatter(NullFormatter())
+            ax.set_xticks(ticks, [f"{t:.2g}" for t in ticks])
         ax.set_title(f"{label(arm)} ({len(g)} trials)", fontsize=9)
         ax.set_xlabel(entry["main_param"])
         ax.grid(alpha=0.3)
-    axes[0][0].set_ylabel("tuning objective (mean over tuning seeds)")
+    axes[0][0].set_ylabel("tuning objective\n(mean over tuning seeds)")
     return fig
 
 
