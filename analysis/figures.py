@@ -161,8 +161,8 @@ def plot_prob_distribution(hists: pd.DataFrame, steps: list[int] | None = None, 
 def save(fig, out: Path, stem: str) -> list[Path]:
     out.mkdir(parents=True, exist_ok=True)
     paths = [out / f"{stem}.png", out / f"{stem}.pdf"]
-    for p in paths:
-        fig.savefig(p, dpi=150)
+    for p in paths:  # no creation date in the PDF: regenerating a figure from the same runs gives the same file
+        fig.savefig(p, dpi=150, metadata={"CreationDate": None} if p.suffix == ".pdf" else None)
     plt.close(fig)
     return paths
 
