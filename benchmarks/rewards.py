@@ -14,9 +14,9 @@ parse + verify of two different expressions). ``task.reward_timeout_s`` is chose
 (2,048) distinct adversarial ones (towers of exponents, factorials of huge numbers, deep nesting, 10,000-character
 boxes, unbalanced braces, binary garbage, empty boxes) and grades them with the cache off: serially in process (the
 old path; on the adversarial set only the first ``--serial-adversarial`` responses, since each slow one costs
-math-verify's 5 s) and with the pool at 1 and 2 workers (``--workers`` picks). Printed as a markdown table. Distinct adversarial responses
-are the pool's worst case: each slow one holds a worker for the whole budget, so the time is about
-slow × budget / workers.
+math-verify's 5 s) and with the pool at 1 and 2 workers (``--workers`` picks). Printed as a markdown table.
+Distinct adversarial responses are the pool's worst case: each slow one holds a worker for the whole budget, so the
+time is about slow × budget / workers.
 
 ``arithmetic`` times one reward phase of the embedded default (32 prompts x 8 samples = 256 responses, half of them
 correct), repeated ``--repeats`` times: in process vs the pool. This decides
