@@ -51,7 +51,7 @@ def render(note: str, header: list[str], body: list[list[str]], fmt: str) -> str
     return "% " + note + "\n" + "\n".join(lines + [r"\bottomrule", r"\end{tabular}"]) + "\n"
 
 
-# arm_panels: one row per metric, with its short row label
+# arm_panels: one row per metric (each one of figures.CURVES), with its short row label
 PANEL_METRICS = {"policy/entropy": "entropy (nats)", "eval/mean": "held-out accuracy",
                  "policy/lowprob_mass": "low-prob. mass"}
 PASS_AT_K_PROTOCOL = "last_mean"  # pass@k averaged over the last evaluations: less noisy than the final one
@@ -151,8 +151,9 @@ def main(argv=None) -> int:
     if runs.metrics.empty:
         print("error: no completed runs with metrics found", file=sys.stderr)
     else:
+        curves = {}  # metric -> curve_stats, for the curve figures and the arm panels
         for metric, (title, ylabel, smooth) in CURVES.items():
-            stats = curve_stats(runs.metrics, metric, smooth)
+            stats = curves[metric] = curve_stats(runs.metrics, metric, smooth)
             title = f"{title} ({smooth}-step rolling mean)" if smooth > 1 else title
             if stats.empty:
                 print(f"no values for {metric}: figure skipped")
@@ -162,8 +163,7 @@ def main(argv=None) -> int:
         if hists is not None and not hists.empty:
             steps = [int(s) for s in args.steps.split(",")] if args.steps else None
             written += save(plot_prob_distribution(hists, steps), out, "prob_distribution")
-        panels = {m: curve_stats(runs.metrics, m, CURVES[m][2]) for m in PANEL_METRICS}
-        panels = {m: st for m, st in panels.items() if not st.empty}
+        panels = {m: curves[m] for m in PANEL_METRICS if not curves[m].empty}
         if panels:
             written += save(plot_arm_panels(panels, PANEL_METRICS), out, "arm_panels")
         if not (passk := pass_at_k_table(runs.summaries, PASS_AT_K_PROTOCOL)).empty:

@@ -46,9 +46,10 @@ BEST_BASELINE = "highent_8020"  # the paper's strongest baseline (80/20, on-poli
 def run_features(runs: Runs) -> pd.DataFrame:
     """One row per completed run: ``arm, seed, ent_start, ent_end, ent_peak, lost, acc, acc0, lowmass, passk, k``."""
     rows = []
-    m = runs.metrics
+    by_run = dict(tuple(runs.metrics.groupby("run")))
+    empty = runs.metrics.iloc[:0]
     for run, s in runs.summaries.items():
-        r = m[m.run == run]
+        r = by_run.get(run, empty)
         ent = r[r.metric == "policy/entropy"].sort_values("step").value
         low = r[r.metric == "policy/lowprob_mass"].sort_values("step")
         low = low[low.step > low.step.max() * 0.75].value if not low.empty else low.value

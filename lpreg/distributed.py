@@ -226,21 +226,19 @@ def equal_counts(minis: list[list], gen) -> list[list]:
 # ---- reductions --------------------------------------------------------------------------------------------
 
 
-def global_norm(norm):
-    """The mini-batch counts summed over ranks (``lpreg.losses.Norm``). Identity on one process."""
-    if not active():
-        return norm
-    t = torch.tensor([norm.tokens, norm.seqs, norm.rows], dtype=torch.float64)
-    dist.all_reduce(t)
-    return type(norm)(*t.tolist())
-
-
-def all_sum(values: list[float]) -> list[float]:
+def all_sum(values: list, dtype: torch.dtype = torch.float64) -> list:
+    """``values`` summed elementwise over ranks (as ``dtype``: float64, or torch.long for counts). Identity on one
+    process."""
     if not active():
         return values
-    t = torch.tensor(values, dtype=torch.float64)
+    t = torch.tensor(values, dtype=dtype)
     dist.all_reduce(t)
     return t.tolist()
+
+
+def global_norm(norm):
+    """The mini-batch counts summed over ranks (``lpreg.losses.Norm``). Identity on one process."""
+    return type(norm)(*all_sum([norm.tokens, norm.seqs, norm.rows])) if active() else norm
 
 
 def gather_tokens(*flat: torch.Tensor) -> tuple[torch.Tensor, ...]:
@@ -306,15 +304,6 @@ def reduce_metrics(metrics: dict[str, float], weights: dict[str, float]) -> dict
             out[k] = s[i].item() / s[i + 1].item() if s[i + 1].item() > 0 else math.nan
             i += 2
     return out
-
-
-def sum_counts(counts: list[int]) -> list[int]:
-    """A histogram's counts summed over ranks."""
-    if not active():
-        return counts
-    t = torch.tensor(counts, dtype=torch.long)
-    dist.all_reduce(t)
-    return t.tolist()
 
 
 def rank0_call(fn: Callable[[], Any]) -> Any:

@@ -348,8 +348,8 @@ def train(cfg, job_dir: Path, tracker, resume: checkpoint.Resume | None = None, 
                 with timer("eval"):
                     metrics.update(run_eval(step))
             n_bins = cfg.metrics.hist_bins
-            tracker.log_histogram("policy/sampled_prob_hist", [i / n_bins for i in range(n_bins + 1)],
-                                  distributed.sum_counts(probability_histogram(p, gen.response_mask, n_bins)), step)
+            counts = distributed.all_sum(probability_histogram(p, gen.response_mask, n_bins), torch.long)
+            tracker.log_histogram("policy/sampled_prob_hist", [i / n_bins for i in range(n_bins + 1)], counts, step)
             if grades.timed_out:
                 tracker.log_table("reward_timeouts", grades.timeout_rows(problems, gen.texts), step)
             if cfg.metrics.samples_every and step % cfg.metrics.samples_every == 0:
