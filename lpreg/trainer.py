@@ -187,6 +187,12 @@ def tis_weights(p_old: torch.Tensor, rollout_log_prob: torch.Tensor, cap: float)
     return (p_old.clamp_min(1e-30).log() - rollout_log_prob).exp().clamp(max=cap)
 
 
+def new_engine(model, tokenizer, model_path: str, cfg):
+    """The run's rollout engine (``rollout=``) generating with ``model``."""
+    return build_rollout(cfg.rollout, model, tokenizer, model_path, cfg.task.max_prompt_len + cfg.task.max_response_len,
+                         cfg.seed)
+
+
 def shard_policy(model, tokenizer, model_path: str, cfg, device):
     """``(FSDP root, engine)`` of a distributed run (``lpreg/distributed.py``): the engine generates on an unsharded
     copy made before sharding."""
@@ -195,9 +201,7 @@ def shard_policy(model, tokenizer, model_path: str, cfg, device):
     dtype = compute_dtype(cfg)
     copy = distributed.generation_copy(model, device, dtype)
     root = distributed.shard(model, device, dtype)
-    engine = build_rollout(cfg.rollout, copy, tokenizer, model_path,
-                           cfg.task.max_prompt_len + cfg.task.max_response_len, cfg.seed)
-    return root, distributed.GroupRollout(engine, copy, root)
+    return root, distributed.GroupRollout(new_engine(copy, tokenizer, model_path, cfg), copy, root)
 
 
 def distributed_rollout(engine, task, sampler: PromptSampler, step: int, encode, cfg):
@@ -278,8 +282,7 @@ def train(cfg, job_dir: Path, tracker, resume: checkpoint.Resume | None = None, 
     if state:
         sampler.load(state["sampler"])
         torch.set_rng_state(state["torch_rng"])
-    engine = engine or build_rollout(cfg.rollout, model, tokenizer, model_path,
-                                     cfg.task.max_prompt_len + cfg.task.max_response_len, cfg.seed)
+    engine = engine or new_engine(model, tokenizer, model_path, cfg)
     encode = partial(encode_prompts, tokenizer, max_len=cfg.task.max_prompt_len)
     sparks = spark_ids(tokenizer, cfg.metrics.sparks, device)
     evals: list[dict] = state.get("evals", [])
@@ -330,7 +333,8 @@ def train(cfg, job_dir: Path, tracker, resume: checkpoint.Resume | None = None, 
                     metrics.update(logprob_gap(old_lp, gen.rollout_log_prob[mask]))
                     if cfg.rollout.tis_cap:
                         adv = adv * tis_weights(p, gen.rollout_log_prob, cfg.rollout.tis_cap)
-                metrics = distributed.reduce_metrics(metrics, rollout_weights(gen, sparks))
+                weights = rollout_weights(gen, sparks)  # what this rank's rollout metrics average over
+                metrics = distributed.reduce_metrics(metrics, weights)
             with timer("update"):
                 apply_lr(opt, cfg.trainer.lr, step, cfg.trainer.lr_warmup_steps)  # warm-up (lpreg/schedule.py)
                 metrics.update(update(policy, opt, minis, olds, adv, rollout, reg, cfg))
@@ -343,7 +347,7 @@ def train(cfg, job_dir: Path, tracker, resume: checkpoint.Resume | None = None, 
                 "train/zero_adv_frac": (groups == groups[:, :1]).all(-1).float().mean().item(),
                 "train/response_len_mean": gen.response_mask.sum(-1).mean().item(),
                 "train/response_clip_frac": (~gen.finished).float().mean().item(),
-            } | grades.metrics("train"), rollout_weights(gen, sparks)))
+            } | grades.metrics("train"), weights))
             if cfg.eval.every and (step % cfg.eval.every == 0 or step == cfg.trainer.steps):
                 with timer("eval"):
                     metrics.update(run_eval(step))
@@ -357,15 +361,13 @@ def train(cfg, job_dir: Path, tracker, resume: checkpoint.Resume | None = None, 
             pending = None  # the step's checkpoint, written and verified, committed once the step's lines are on disk
             if cfg.trainer.checkpoint_every and (step % cfg.trainer.checkpoint_every == 0 or step == cfg.trainer.steps):
                 with timer("checkpoint"):
-                    if distributed.active():
-                        distributed.save_checkpoint(job_dir, step, policy, opt, tokenizer, {
-                            "step": step, "sampler": sampler.state(), "torch_rng": torch.get_rng_state(),
-                            "evals": evals, "wandb_run_id": tracker.run_id, "config": checkpoint.config_record(cfg)})
+                    ckpt = {"step": step, "sampler": sampler.state(), "torch_rng": torch.get_rng_state(),
+                            "evals": evals, "wandb_run_id": tracker.run_id, "config": checkpoint.config_record(cfg)}
+                    if distributed.active():  # the optimizer state is sharded with the model (distributed checkpoint)
+                        distributed.save_checkpoint(job_dir, step, policy, opt, tokenizer, ckpt)
                     else:
-                        pending = checkpoint.write(job_dir, step, model, tokenizer, {
-                            "step": step, "optimizer": opt.state_dict(), "sampler": sampler.state(),
-                            "torch_rng": torch.get_rng_state(), "evals": evals, "wandb_run_id": tracker.run_id,
-                            "config": checkpoint.config_record(cfg)})
+                        pending = checkpoint.write(job_dir, step, model, tokenizer,
+                                                   {**ckpt, "optimizer": opt.state_dict()})
             elapsed = time.perf_counter() - t0
             metrics.update(timer.times)
             metrics["timing/step"] = elapsed
