@@ -39,8 +39,8 @@ What is distributed and how (all of it makes the logged metrics independent of t
   temporary folder renamed by rank 0 after every rank finished (atomic at the folder level).
 - Failures: :func:`launch` wraps the entry point in torch.distributed.elastic's ``@record`` and ``lpreg/run.py``
   records a job's exception in the rank's error file, so torchrun ends the whole job (SIGTERM to the other ranks)
-  and prints the failed rank with its error; SIGTERM is turned into ``SystemExit`` so rank 0 still writes
-  ``summary.json`` with status failed.
+  and prints the failed rank with its error; SIGTERM is turned into ``SystemExit`` (``lpreg.run.stop_on_sigterm``,
+  on every rank) so rank 0 still writes ``summary.json`` with status failed.
 """
 
 from __future__ import annotations
@@ -50,7 +50,6 @@ import datetime as _dt
 import math
 import os
 import shutil
-import signal
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -151,10 +150,6 @@ def _agree_clock() -> None:
     hydra_utils.datetime = _Clock
 
 
-def _raise_on_sigterm(signum, frame) -> None:
-    raise SystemExit(128 + signum)
-
-
 def launch(main: Callable[[], Any]) -> Any:
     """Run the Hydra entry point ``main``; under a launcher: join the group, share the job folder, silence Hydra's
     files on ranks > 0 (they log to stdout), and record a failure for torchrun (``@record``)."""
@@ -172,7 +167,6 @@ def launch(main: Callable[[], Any]) -> Any:
     _agree_clock()
     if rank() > 0:
         sys.argv += ["hydra.output_subdir=null", "hydra/job_logging=stdout"]
-    signal.signal(signal.SIGTERM, _raise_on_sigterm)
     try:
         return record(main)()
     finally:
