@@ -32,7 +32,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-import os
 import pickle
 import shutil
 from dataclasses import dataclass
@@ -40,6 +39,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
+
+from lpreg.runfolder import fsync_path
 
 log = logging.getLogger(__name__)
 STATE = "trainer_state.pt"
@@ -84,15 +85,6 @@ def check_plain(obj: Any, where: str = "state") -> None:
                         "pickle to load: convert it to tensors, numbers, strings, lists or dicts (lpreg/checkpoint.py)")
 
 
-def _fsync(path: Path) -> None:
-    """Flush ``path`` (a file or a folder's entries) to disk."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def write(job_dir: Path, step: int, model, tokenizer, state: dict) -> Path:
     """Write a complete checkpoint into ``checkpoints/.tmp_step_<step>/``, flushed to disk and verified
     (:func:`verify`); nothing that :func:`latest` sees changes until :func:`commit` renames it into place."""
@@ -105,8 +97,8 @@ def write(job_dir: Path, step: int, model, tokenizer, state: dict) -> Path:
     tokenizer.save_pretrained(tmp)
     torch.save(state, tmp / STATE)
     for f in tmp.iterdir():
-        _fsync(f)
-    _fsync(tmp)
+        fsync_path(f)
+    fsync_path(tmp)
     verify(tmp)
     return tmp
 
@@ -118,7 +110,7 @@ def commit(tmp: Path, keep: int = 2) -> Path:
     final = root / tmp.name.removeprefix(".tmp_")
     shutil.rmtree(final, ignore_errors=True)  # only a damaged one of the same step (see find_resume)
     tmp.rename(final)
-    _fsync(root)
+    fsync_path(root)
     for old in sorted(root.glob("step_*"))[:-keep] if keep > 0 else []:
         shutil.rmtree(old, ignore_errors=True)
     return final

@@ -31,6 +31,16 @@ class RunFolderBusy(RuntimeError):
     """Another live process writes this run folder."""
 
 
+def fsync_path(path: Path) -> None:
+    """Flush ``path`` (a file, or a folder's entries) to disk: what a run folder's writers call before a rename or a
+    checkpoint commit relies on it."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 def arm(summary: dict) -> str:
     """The arm a run belongs to in tables and figures: its ``arm`` (set by ``arm=<name>``, conf/arm/) or, for runs
     without one, its regularizer's name."""

@@ -31,6 +31,7 @@ from typing import Any
 
 from lpreg.metrics import is_runtime
 from lpreg.redact import masked_argv, redact
+from lpreg.runfolder import fsync_path
 from lpreg.testhooks import kill_point, kill_requested
 
 log = logging.getLogger(__name__)
@@ -141,11 +142,7 @@ class LocalStore(Tracker):
         """Flush every file to disk (fsync): called before a checkpoint is committed."""
         for name in self.FILES:
             if (self.dir / name).exists():
-                fd = os.open(self.dir / name, os.O_RDONLY)
-                try:
-                    os.fsync(fd)
-                finally:
-                    os.close(fd)
+                fsync_path(self.dir / name)
 
 
 class WandbTracker(Tracker):
@@ -212,25 +209,25 @@ class Mirror(Tracker):
                       self.name)
             return None
 
-    def log(self, metrics, step):
+    def _call(self, what: str, method: str, *args) -> None:
+        """The backend's ``method`` under :meth:`_guard`; nothing once the backend is dropped."""
         if self.backend is not None:
-            self._guard("log", self.backend.log, metrics, step)
+            self._guard(what, getattr(self.backend, method), *args)
+
+    def log(self, metrics, step):
+        self._call("log", "log", metrics, step)
 
     def log_histogram(self, name, edges, counts, step):
-        if self.backend is not None:
-            self._guard("log", self.backend.log_histogram, name, edges, counts, step)
+        self._call("log", "log_histogram", name, edges, counts, step)
 
     def log_table(self, name, rows, step):
-        if self.backend is not None:
-            self._guard("log", self.backend.log_table, name, rows, step)
+        self._call("log", "log_table", name, rows, step)
 
     def summary(self, values):
-        if self.backend is not None:
-            self._guard("summary", self.backend.summary, values)
+        self._call("summary", "summary", values)
 
     def finish(self, exit_code=0):
-        if self.backend is not None:
-            self._guard("finish", self.backend.finish, exit_code)
+        self._call("finish", "finish", exit_code)
 
 
 class Trackers(Tracker):
