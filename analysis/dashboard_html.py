@@ -115,7 +115,7 @@ def results_html(summaries: dict[str, dict]) -> str:
             continue
         sources = sorted(set(t.source) - {"mean"}) + ["mean"]
         cell = {(r.regularizer, r.source): cell_text(r["mean"], r.ci_low, r.ci_high, r.seeds) for _, r in t.iterrows()}
-        head = "".join(f"<th>{esc(s)}</th>" for s in ["regularizer", "seeds", *sources])
+        head = "".join(f"<th>{esc(s)}</th>" for s in ["arm", "seeds", *sources])
         rows = "".join(
             f"<tr><td>{esc(label(reg))}</td><td>{int(t[t.regularizer == reg].seeds.max())}</td>"
             + "".join(f"<td>{esc(cell.get((reg, s), '-'))}</td>" for s in sources) + "</tr>"

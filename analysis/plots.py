@@ -64,7 +64,7 @@ def _protocol_text(proto: str) -> str:
 
 
 def table_text(table, fmt: str) -> str:
-    """Markdown or LaTeX: one row per regularizer, one column per source, cells ``mean ± half-CI`` (``mean (n=2, no CI)``
+    """Markdown or LaTeX: one row per arm (a regularizer, or an `arm=` of one), one column per source, cells ``mean ± half-CI`` (``mean (n=2, no CI)``
     where fewer than 3 seeds ran)."""
     sources = sorted(set(table.source) - {"mean"}) + ["mean"]
     regs = sorted(table.regularizer.unique())
@@ -72,7 +72,7 @@ def table_text(table, fmt: str) -> str:
     seeds = {r: int(table[table.regularizer == r].seeds.max()) for r in regs}
     note = f"{_protocol_text(table.protocol.iloc[0])}; mean ± half-width of the 95% CI over seeds. " + \
         ci_caption(table.method)
-    header = ["regularizer", "seeds", *sources]
+    header = ["arm", "seeds", *sources]
     body = [[r, str(seeds[r]), *[cell.get((r, s), "-") for s in sources]] for r in regs]
     return render(note, header, body, fmt)
 
@@ -89,7 +89,7 @@ def paired_text(table, fmt: str) -> str:
     note = (f"{_protocol_text(table.protocol.iloc[0])}: difference to {base}, paired by seed (arm − {base}, "
             f"percentage points); mean difference ± half-width of its 95% CI. {ci_caption(table.method)} "
             "* marks a CI that excludes zero.")
-    header = ["regularizer", "pairs", *sources]
+    header = ["arm", "pairs", *sources]
     body = [[r, str(pairs[r]), *[cell.get((r, s), "-") for s in sources]] for r in regs]
     return render(note, header, body, fmt)
 

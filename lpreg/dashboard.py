@@ -26,7 +26,7 @@ from urllib.parse import urlparse
 from lpreg.metrics import METRICS, SECTIONS, is_template, metric_regex, smoothing_points
 
 X_AXIS = "train/step"  # every series is logged against it (tracking.py: define_metric("*", step_metric=...))
-GROUP_BY = "JobType"  # W&B run attribute; tracking.py sets job_type = regularizer name
+GROUP_BY = "JobType"  # W&B run attribute; run.py sets job_type = the arm (the regularizer unless `arm=` names it)
 BAND = "minmax"  # band over seeds: with 2-3 seeds a standard-error band would understate the spread
 TABLES = ("samples",)  # METRICS names logged as wandb.Table (tracking.py log_table)
 HISTOGRAMS = ("policy/sampled_prob_hist",)  # METRICS names logged as wandb.Histogram (tracking.py log_histogram)

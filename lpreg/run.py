@@ -46,9 +46,18 @@ def git_revision() -> str:
         return "unknown"
 
 
+def after_start(evals: list[dict], n: int) -> list[dict]:
+    """The last ``n`` evaluations after step 0 (the warm-up model's evaluation is no result of training); all of
+    ``evals`` when there is none after step 0."""
+    trained = [e for e in evals if e["step"] > 0]
+    return (trained or evals)[-n:]
+
+
 def objective(evals: list[dict], cfg) -> float:
-    """The sweep objective from the eval history: ``final``, ``best`` or ``last_mean`` of ``objective.metric``."""
-    vals = [e[cfg.metric] for e in evals if e.get(cfg.metric) is not None and not math.isnan(e[cfg.metric])]
+    """The sweep objective from the eval history: ``final``, ``best`` (over every evaluation, step 0 included) or
+    ``last_mean`` (the mean over :func:`after_start`, as ``summary.json``'s ``last_mean``) of ``objective.metric``."""
+    ok = lambda e: e.get(cfg.metric) is not None and not math.isnan(e[cfg.metric])
+    vals = [e[cfg.metric] for e in evals if ok(e)]
     if not vals:
         return math.nan
     if cfg.mode == "final":
@@ -56,7 +65,8 @@ def objective(evals: list[dict], cfg) -> float:
     if cfg.mode == "best":
         return max(vals)
     if cfg.mode == "last_mean":
-        return sum(vals[-cfg.last_n:]) / len(vals[-cfg.last_n:])
+        tail = [e[cfg.metric] for e in after_start([e for e in evals if ok(e)], cfg.last_n)]
+        return sum(tail) / len(tail)
     raise ValueError(f"objective.mode={cfg.mode!r} must be one of: final, best, last_mean")
 
 
@@ -67,7 +77,7 @@ def summarize(evals: list[dict], last: dict, cfg_obj) -> dict:
     keys = sorted({k for e in evals for k in e if k.startswith("eval/")})
     ok = lambda v: v is not None and not math.isnan(v)
     best = {k: max((e[k] for e in evals if k in e and ok(e[k])), default=None) for k in keys}
-    tail = [e for e in evals if e["step"] > 0][-cfg_obj.objective.last_n:]
+    tail = after_start(evals, cfg_obj.objective.last_n)
     last_mean = {k: sum(vals) / len(vals) for k in keys if (vals := [e[k] for e in tail if ok(e.get(k))])}
     return {
         "final": {k: v for k, v in (evals[-1].items() if evals else []) if k.startswith("eval/")},
@@ -166,6 +176,7 @@ def main(cfg: DictConfig) -> float:
     from lpreg.tracking import Tracker, build_tracker, wandb_env
     from lpreg.trainer import train
 
+    stop_on_sigterm()  # first: a SIGTERM from here on ends in finally blocks, and summary.json says failed
     distributed.join()  # SLURM tasks of one job (submitit tasks_per_node); no-op otherwise
     hc = HydraConfig.get()
     job_dir = Path(hc.runtime.output_dir)
@@ -177,7 +188,6 @@ def main(cfg: DictConfig) -> float:
     arm = cfg.arm or reg
     main_rank = distributed.is_main()  # under torchrun rank 0 alone writes summary.json, the store and W&B
     lock = runfolder.acquire(job_dir) if main_rank else None  # before anything is written: one writer per folder
-    stop_on_sigterm()
     base = {"status": "running", "seed": cfg.seed, "regularizer": reg, "arm": arm, "git_revision": git_revision(),
             "num_threads": cfg_obj.trainer.num_threads, **runfolder.identity(),
             "overrides": redact(list(hc.overrides.task)), "job_dir": str(job_dir)}

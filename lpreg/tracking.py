@@ -9,8 +9,9 @@ Local store (the job folder; analysis reads only this):
 Non-finite values are written as ``null``.
 
 W&B (``wandb.mode``: offline by default, online, disabled): one run per job, files inside the job folder,
-group = the multirun/study, job_type = regularizer, every series plotted against ``train/step``. The run config and
-the recorded command line are masked (``lpreg/redact.py``): a password or API key never reaches W&B.
+group = the multirun/study, job_type = the arm (the regularizer unless ``arm=`` names it), every series plotted
+against ``train/step``. The run config and the recorded command line are masked (``lpreg/redact.py``): a password
+or API key never reaches W&B.
 ``run.py`` builds the tracker and owns its lifetime (``finish`` in a ``finally``).
 
 The local store is the record of truth; W&B is a mirror (:class:`Mirror`): a W&B error at any point (init, log,

@@ -3,6 +3,7 @@ command end to end (the full study takes ~45 min: docs/embedded_study.md)."""
 
 import json
 import math
+import re
 import statistics
 import subprocess
 import sys
@@ -44,6 +45,10 @@ def test_features_and_paired_differences_are_the_hand_computed_ones():
     step = 0.4 / 39
     assert none.ent_start == pytest.approx(0.5 - step * 4.5) and none.ent_end == pytest.approx(0.1 + step * 4.5)
     assert none.lost == pytest.approx(1 - none.ent_end / none.ent_start)
+    # the peak is a full 10-step mean (here the first one), never step 1's single value (0.5)
+    assert none.ent_peak == pytest.approx(none.ent_start)
+    # ent_q3: the 10 steps that end at step 30 (3/4 of 40), i.e. steps 21-30
+    assert none.ent_q3 == pytest.approx(0.5 - step * 24.5)
     assert none.k == 4 and none.passk == pytest.approx(0.60 + 0.05)
     d = paired(df, "acc", "lpreg", "none")
     assert d["mean"] == pytest.approx(0.06) and d["n"] == 5 and d["excludes_zero"]  # identical offsets: zero width
@@ -58,7 +63,18 @@ def test_detectable_difference_is_the_t_interval_half_width():
     half = detectable(run_features(runs))
     expected_sd = statistics.stdev([0.06, 0.08, 0.04, 0.10, 0.02])
     assert half == pytest.approx({"lpreg": t_quantile(0.975, 4) * expected_sd / math.sqrt(5)})
+    # at 80% power: (t_{4, .975} + t_{4, .8}) * SD / sqrt(5); t_{4, .8} = 0.9410 (tables)
+    mdd = detectable(run_features(runs), power=0.8)
+    assert mdd["lpreg"] == pytest.approx((t_quantile(0.975, 4) + 0.9410) * expected_sd / math.sqrt(5), rel=1e-4)
     assert detectable(run_features(fake_runs({"none": (0.5, 0.1, 0.6), "lpreg": (0.5, 0.3, 0.66)}, seeds=(0, 1)))) == {}
+
+
+def test_a_seed_run_twice_counts_once_with_the_mean_of_its_runs():
+    runs = fake_runs({"none": (0.5, 0.1, 0.60), "lpreg": (0.5, 0.3, 0.66)})
+    again = dict(runs.summaries["lpreg_s0"], last_mean={"eval/mean": 0.66 + 0.10})  # a rerun of seed 0, +10 points
+    runs.summaries["lpreg_s0_again"] = again
+    d = paired(run_features(runs), "acc", "lpreg", "none")
+    assert d["n"] == 5 and d["mean"] == pytest.approx(0.06 + 0.05 / 5)  # seed 0's difference: (0.06 + 0.16) / 2
 
 
 def test_claims_follow_the_measurements():
@@ -76,7 +92,14 @@ def test_claims_follow_the_measurements():
     text = dict(claims(run_features(fake_runs({"none": (0.5, 0.4, 0.60), "lpreg": (0.5, 0.45, 0.58),
                                                "highent_8020": (0.5, 0.3, 0.62)}))))
     assert by_start("GRPO's entropy collapses").startswith("**Not reproduced.**")
-    assert by_start("Lp-Reg is more accurate than the strongest").startswith("**Contradicted.**")
+    assert by_start("Lp-Reg is more accurate than the paper's strongest").startswith("**Contradicted.**")
+    # GRPO's fall is mild: Lp-Reg above it is only a partial reproduction; the most accurate baseline is compared too
+    text = dict(claims(run_features(fake_runs({"none": (0.5, 0.3, 0.60), "lpreg": (0.5, 0.35, 0.58),
+                                               "entropy": (0.5, 0.3, 0.64), "highent_8020": (0.5, 0.3, 0.50)}))))
+    assert by_start("Lp-Reg keeps entropy").startswith("**Partly reproduced.**")
+    assert by_start("Lp-Reg is more accurate than the most accurate baseline of this study, `entropy`").startswith(
+        "**Contradicted.**")
+    assert by_start("Lp-Reg is more accurate than the paper's strongest").startswith("**Reproduced.**")
     two = dict(claims(run_features(fake_runs({"none": (0.5, 0.1, 0.6), "lpreg": (0.5, 0.3, 0.66)}, seeds=(0, 1)))))
     assert next(v for k, v in two.items() if k.startswith("Lp-Reg is more accurate")).startswith("**Not measured**")
 
@@ -113,9 +136,25 @@ def test_the_study_command_runs_every_arm_and_the_report_is_generated(smoke, tmp
         assert section in text
     for a in ARMS:
         assert f"| {a} | 2 |" in text  # one row per arm, 2 seeds
-    assert "no CI" in text and "±" not in text.split("## Paired tables")[0]  # 2 seeds: no interval anywhere
-    assert "Not measured" in text  # paired verdicts need 3 seeds
+    # 2 seeds: no interval anywhere, in the arm table, the paired tables or the verdicts
+    arms_table = text.split("## Arms")[1].split("## Figures")[0]
+    assert "(n=2, no CI)" in arms_table and not re.search(r"\d \[-?\d", arms_table)
+    paired_rows = [line for line in text.split("## Paired tables")[1].split("## The paper's claims")[0].splitlines()
+                   if line.startswith("| ") and not line.startswith("| arm")]
+    assert paired_rows and all("no CI" in row and "±" not in row for row in paired_rows)
+    assert "**Not measured** (fewer than 3 paired seeds)" in text
     figures = tmp_path / "embedded_study"
     for stem in ("policy_entropy", "eval_mean", "policy_lowprob_mass", "pass_at_k"):
         assert (figures / f"{stem}.png").stat().st_size > 1000
         assert f"](embedded_study/{stem}.png)" in text
+
+
+def test_the_last_mean_objective_leaves_out_the_step_0_evaluation():
+    from types import SimpleNamespace
+
+    from lpreg.run import objective
+
+    cfg = SimpleNamespace(metric="eval/mean", mode="last_mean", last_n=3)
+    evals = [{"step": 0, "eval/mean": 0.1}, {"step": 2, "eval/mean": 0.5}, {"step": 4, "eval/mean": 0.7}]
+    assert objective(evals, cfg) == pytest.approx(0.6)  # as summary.json's last_mean; with step 0 it would be 0.433
+    assert objective(evals[:1], cfg) == pytest.approx(0.1)  # nothing after step 0: the one evaluation there is
