@@ -64,8 +64,8 @@ def _protocol_text(proto: str) -> str:
 
 
 def table_text(table, fmt: str) -> str:
-    """Markdown or LaTeX: one row per arm (a regularizer, or an `arm=` of one), one column per source, cells ``mean ± half-CI`` (``mean (n=2, no CI)``
-    where fewer than 3 seeds ran)."""
+    """Markdown or LaTeX: one row per arm (a regularizer, or an ``arm=`` of one), one column per source, cells
+    ``mean ± half-CI`` (``mean (n=2, no CI)`` where fewer than 3 seeds ran)."""
     sources = sorted(set(table.source) - {"mean"}) + ["mean"]
     regs = sorted(table.regularizer.unique())
     cell = {(r.regularizer, r.source): cell_text(r["mean"], r.ci_low, r.ci_high, r.seeds) for _, r in table.iterrows()}
