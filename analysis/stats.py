@@ -68,6 +68,11 @@ def bootstrap_ci(values, n_boot: int = 2000, level: float = 0.95, seed: int = 0)
     return float(x.mean()), float(lo), float(hi)
 
 
+def ci_method(n: int) -> str:
+    """The interval used for ``n`` finite values: ``"n<3"`` (none), ``"t"`` or ``"bootstrap"`` (module constants)."""
+    return f"n<{MIN_CI_N}" if n < MIN_CI_N else ("t" if n < BOOTSTRAP_MIN_N else "bootstrap")
+
+
 def mean_ci(values, level: float = 0.95) -> dict:
     """``{mean, low, high, n, method}`` of the finite ``values``; the interval by the module's rule on n
     (``method``: ``"n<3"`` with NaN bounds, ``"t"`` or ``"bootstrap"``)."""
@@ -75,13 +80,14 @@ def mean_ci(values, level: float = 0.95) -> dict:
     x = x[~np.isnan(x)]
     n = len(x)
     mean = float(x.mean()) if n else math.nan
-    if n < MIN_CI_N:
-        return {"mean": mean, "low": math.nan, "high": math.nan, "n": n, "method": f"n<{MIN_CI_N}"}
-    if n < BOOTSTRAP_MIN_N:
+    method = ci_method(n)
+    if method == "t":
         half = t_quantile(1 - (1 - level) / 2, n - 1) * float(x.std(ddof=1)) / math.sqrt(n)
-        return {"mean": mean, "low": mean - half, "high": mean + half, "n": n, "method": "t"}
-    _, lo, hi = bootstrap_ci(x, level=level)
-    return {"mean": mean, "low": lo, "high": hi, "n": n, "method": "bootstrap"}
+        return {"mean": mean, "low": mean - half, "high": mean + half, "n": n, "method": method}
+    if method == "bootstrap":
+        _, lo, hi = bootstrap_ci(x, level=level)
+        return {"mean": mean, "low": lo, "high": hi, "n": n, "method": method}
+    return {"mean": mean, "low": math.nan, "high": math.nan, "n": n, "method": method}
 
 
 def excludes_zero(low: float, high: float) -> bool:

@@ -34,7 +34,7 @@ import pandas as pd
 import yaml
 
 from analysis.load import Runs
-from analysis.stats import MIN_CI_N, ci_caption, excludes_zero, mean_ci, t_quantile
+from analysis.stats import MIN_CI_N, ci_caption, ci_method, excludes_zero, mean_ci, t_quantile
 from lpreg.mdtable import md_table
 from lpreg.runfolder import arm
 
@@ -339,7 +339,7 @@ def write_report(runs: Runs, folders: list[Path], out: Path, doc: Path, command:
         "",
         "Entropy is the token-mean policy entropy of the rollouts (nats); start and end are means over the first and "
         f"last {WINDOW} steps, the peak the largest mean over {WINDOW} consecutive steps; brackets: 95% CIs over "
-        f"seeds. {ci_caption({mean_ci(df[df.arm == a].acc)['method'] for a in order})} Δ accuracy is paired by "
+        f"seeds. {ci_caption({ci_method(int(df[df.arm == a].acc.notna().sum())) for a in order})} Δ accuracy is paired by "
         "seed; * marks a CI that excludes zero.",
         "",
         arm_table(df, order),

@@ -56,8 +56,8 @@ def after_start(evals: list[dict], n: int) -> list[dict]:
 def objective(evals: list[dict], cfg) -> float:
     """The sweep objective from the eval history: ``final``, ``best`` (over every evaluation, step 0 included) or
     ``last_mean`` (the mean over :func:`after_start`, as ``summary.json``'s ``last_mean``) of ``objective.metric``."""
-    ok = lambda e: e.get(cfg.metric) is not None and not math.isnan(e[cfg.metric])
-    vals = [e[cfg.metric] for e in evals if ok(e)]
+    kept = [e for e in evals if e.get(cfg.metric) is not None and not math.isnan(e[cfg.metric])]
+    vals = [e[cfg.metric] for e in kept]
     if not vals:
         return math.nan
     if cfg.mode == "final":
@@ -65,7 +65,7 @@ def objective(evals: list[dict], cfg) -> float:
     if cfg.mode == "best":
         return max(vals)
     if cfg.mode == "last_mean":
-        tail = [e[cfg.metric] for e in after_start([e for e in evals if ok(e)], cfg.last_n)]
+        tail = [e[cfg.metric] for e in after_start(kept, cfg.last_n)]
         return sum(tail) / len(tail)
     raise ValueError(f"objective.mode={cfg.mode!r} must be one of: final, best, last_mean")
 
