@@ -1,15 +1,27 @@
-"""Rewards that never stall training: parallel grading with a hard per-response time budget, for any task.
+"""Rewards that never stall training: a screen, parallel grading with a hard per-response time budget, and a
+deadline per call, for any task.
 
 The trainer's reward phase and held-out evaluation both call ``RewardGrader.grade(texts, problems, finished)``;
-the task only supplies ``reward`` (and optionally ``reward_key``, ``reward_warmup``, ``reward_preload``).
+the task only supplies ``reward`` (and optionally ``reward_screen``, ``reward_key``, ``reward_warmup``,
+``reward_preload``).
 
+- **Screen.** Every response first goes through ``task.reward_screen`` in the calling process: a response it
+  refuses (for math: a boxed answer over one of the ``task.screen_max_*`` bounds, ``lpreg/tasks/screen.py``) scores
+  0 at once, never reaches the cache or a worker, and is flagged ``rejected`` with the screen's reason
+  (``train/reward_rejected``). The count depends only on the responses, so it goes to metrics.jsonl.
 - **Pool.** ``task.reward_workers`` worker processes (null = one per usable core, at most ``MAX_AUTO_WORKERS``),
   started once per run and kept alive across steps. Each response is sent to an idle worker on its own and gets
   ``task.reward_timeout_s`` seconds of wall clock from that moment. Over budget, the worker is killed (SIGKILL) and
-  replaced, the response scores 0 and is listed in ``Grades.timed_out`` (``train/reward_timeouts``; the trainer
-  puts its text in the samples store). The parent only waits on pipes, never on signals, so the budget holds when
-  ``grade`` is called from any thread (math-verify's own 5 s timeout is signal-based and off outside a main thread;
-  in a worker it runs in the main thread and stays as a second line).
+  replaced, the response scores 0 and is flagged ``timeout`` (``train/reward_timeouts``). The parent only waits on
+  pipes, never on signals, so the budget holds when ``grade`` is called from any thread (math-verify's own limits,
+  ``task.parse_timeout_s`` and ``task.verify_timeout_s``, are signals, off outside a main thread; in a worker they
+  run in the main thread and end most slow answers before the budget, which stays the last line).
+- **Deadline.** ``task.reward_batch_deadline_s`` (null = none) bounds one call: once that many seconds have passed
+  since ``grade`` began, no response is sent to a worker any more; those not yet sent score 0 and are flagged
+  ``deadline`` (``train/reward_deadline_cut``), while those being graded finish within their own budget. So a call
+  returns at most ``task.reward_timeout_s`` after its deadline (plus the replacement of a worker cut at that budget:
+  a fork from the server). In process the deadline is checked before each response, so a call ends at most one
+  response's grading time after it.
 - **Crashes.** A worker that dies while grading is replaced and its response is retried once on a fresh worker;
   a second death scores 0 (both deaths count in ``train/reward_worker_restarts``). A worker that dies before it
   is ready, or a task whose ``reward`` raises, is an error: those are bugs, not policy outputs.
@@ -19,13 +31,18 @@ the task only supplies ``reward`` (and optionally ``reward_key``, ``reward_warmu
   before it takes work, so imports and first-call set-up never count against the budget.
 - **Cache.** An LRU map (``task.reward_cache_size`` entries; 0 = off) from a 128-bit BLAKE2b digest of
   ``task.reward_key(response, problem, finished)`` (for math: the last boxed answer and the gold) to the reward.
-  Within one call, a response whose key repeats an earlier one is not graded again. Timed-out and crashed results
-  are cached too (as 0), so a repeated pathological answer costs its budget once. ``train/reward_cache_hit`` is the
-  fraction of responses served from the cache or from an earlier duplicate in the same call.
+  Within one call, a response whose key repeats an earlier one is not graded again: it shares the earlier one's
+  reward, and only the earlier one is flagged. Timed-out and crashed results are cached too (as 0), so a
+  repeated pathological answer costs its budget once; responses cut by the deadline are not (they were never
+  graded). ``train/reward_cache_hit`` is the fraction of responses served from the cache or from an earlier
+  duplicate in the same call.
 - **In process.** ``task.reward_workers: 0`` grades in the calling process with no hard budget. It is the
   embedded arithmetic task's default: its reward is an exact string match (about a microsecond per response), and
   the pool's round trip per response costs measurable step time there (numbers in ``ArithmeticTaskConfig``). For
   any other task, 0 is for debugging (tracebacks in process).
+- **Flags.** ``Grades.flags`` maps the index of every response scored 0 without a grade to its kind (``rejected``,
+  ``timeout``, ``deadline``) and reason; ``Grades.flagged_rows`` turns them into samples-table rows, one table for
+  all three (the trainer logs it as ``reward_flagged``).
 - **Lifetime.** ``close()`` (or the context manager) asks idle workers to exit, kills busy ones, and joins them
   all; the trainer calls it in a ``finally``. A worker also exits on its own when its pipe reaches EOF, i.e. when
   the trainer process is gone, so a killed run leaves no grading processes behind once the current response ends.
@@ -54,7 +71,9 @@ log = logging.getLogger(__name__)
 MAX_AUTO_WORKERS = 16
 MAX_START_FAILURES = 3  # consecutive workers killed by a signal before they were ready, then an error
 START_TIMEOUT_S = 300.0  # a worker not ready after this long (import + warm-up) is an error, not a slow start
-TIMEOUT_ROW_CHARS = 2000  # tail of a timed-out response kept in its samples row (the graded answer is at the end)
+FLAGGED_ROW_CHARS = 2000  # tail of a flagged response kept in its samples row (the graded answer is at the end)
+REJECTED, TIMEOUT, DEADLINE = "rejected", "timeout", "deadline"  # kinds of Grades.flags
+FLAG_METRICS = {REJECTED: "reward_rejected", TIMEOUT: "reward_timeouts", DEADLINE: "reward_deadline_cut"}
 _READY = "ready"
 _DEAD = object()
 
@@ -68,20 +87,29 @@ class Grades:
     """Rewards for one ``grade`` call and what happened on the way."""
 
     rewards: list[float]
-    timed_out: list[int]  # indices of responses whose grading was cut at the budget (scored 0)
+    flags: dict[int, tuple[str, str]]  # response index -> (kind, reason) of each response scored 0 without a grade
     cache_hits: int  # responses served from the cache or from an earlier duplicate in the call
     restarts: int  # workers replaced during the call (over budget, or died)
 
+    def flagged(self, kind: str) -> list[int]:
+        """Indices of the responses flagged ``kind`` (REJECTED, TIMEOUT or DEADLINE), in order."""
+        return sorted(i for i, (k, _) in self.flags.items() if k == kind)
+
+    @property
+    def timed_out(self) -> list[int]:
+        return self.flagged(TIMEOUT)
+
     def metrics(self, prefix: str = "train") -> dict[str, float]:
         n = len(self.rewards)
-        return {f"{prefix}/reward_timeouts": float(len(self.timed_out)),
-                f"{prefix}/reward_cache_hit": self.cache_hits / n if n else math.nan,
-                f"{prefix}/reward_worker_restarts": float(self.restarts)}
+        counts = {f"{prefix}/{name}": float(len(self.flagged(kind))) for kind, name in FLAG_METRICS.items()}
+        return counts | {f"{prefix}/reward_cache_hit": self.cache_hits / n if n else math.nan,
+                         f"{prefix}/reward_worker_restarts": float(self.restarts)}
 
-    def timeout_rows(self, problems, texts: list[str]) -> list[dict[str, Any]]:
-        """Samples-table rows of the timed-out responses (the last ``TIMEOUT_ROW_CHARS`` characters of each)."""
-        return [{"prompt": problems[i].prompt[-200:], "response": texts[i][-TIMEOUT_ROW_CHARS:],
-                 "answer": problems[i].answer, "reward": 0.0, "reward_timeout": True} for i in self.timed_out]
+    def flagged_rows(self, problems, texts: list[str]) -> list[dict[str, Any]]:
+        """Samples-table rows of the flagged responses (the last ``FLAGGED_ROW_CHARS`` characters of each)."""
+        return [{"prompt": problems[i].prompt[-200:], "response": texts[i][-FLAGGED_ROW_CHARS:],
+                 "answer": problems[i].answer, "reward": 0.0, "flag": kind, "reason": reason}
+                for i, (kind, reason) in sorted(self.flags.items())]
 
 
 def resolve_workers(requested: int | None) -> int:
@@ -212,20 +240,24 @@ class WorkerPool:
                 if not w.ready and (w.conn in ready or w.proc.sentinel in ready):
                     self._startup_message(k, w.receive())
 
-    def map(self, jobs: list[tuple]) -> tuple[list[float], list[int], int]:
-        """Grade ``jobs``; returns (rewards, indices cut at the budget, workers replaced)."""
+    def map(self, jobs: list[tuple], deadline: float = math.inf) -> tuple[list[float], list[int], list[int], int]:
+        """Grade ``jobs``, sending none after ``deadline`` (``time.monotonic()``); returns (rewards, indices cut at
+        the budget, indices never sent because the deadline passed, workers replaced)."""
         try:
-            return self._map(jobs)
+            return self._map(jobs, deadline)
         except BaseException:
             for k, w in enumerate(self.workers):  # a worker still busy would answer into the next call
                 if w.job is not None:
                     self._replace(k)
             raise
 
-    def _map(self, jobs: list[tuple]) -> tuple[list[float], list[int], int]:
-        results, timed_out, tries, restarts = [0.0] * len(jobs), [], [0] * len(jobs), 0
+    def _map(self, jobs: list[tuple], deadline: float) -> tuple[list[float], list[int], list[int], int]:
+        results, timed_out, cut, tries, restarts = [0.0] * len(jobs), [], [], [0] * len(jobs), 0
         pending = deque(range(len(jobs)))
         while pending or any(w.job is not None for w in self.workers):
+            if pending and time.monotonic() >= deadline:
+                cut += pending
+                pending.clear()
             for w in self.workers:
                 if w.ready and w.job is None and pending:
                     i = pending.popleft()
@@ -236,9 +268,14 @@ class WorkerPool:
                     except OSError:  # died while idle: picked up below as a death
                         pass
             busy = [w.deadline for w in self.workers if w.job is not None]
-            timeout = max(0.0, min(busy) - time.monotonic()) if busy else START_TIMEOUT_S
-            ready = set(wait([x for w in self.workers for x in (w.conn, w.proc.sentinel)], timeout=timeout))
-            if not ready and not busy:
+            if not busy and not pending:
+                break
+            wake = min(busy) if busy else time.monotonic() + START_TIMEOUT_S
+            if pending:  # wake at the deadline to cut what is still waiting
+                wake = min(wake, deadline)
+            ready = set(wait([x for w in self.workers for x in (w.conn, w.proc.sentinel)],
+                             timeout=max(0.0, wake - time.monotonic())))
+            if not ready and not busy and time.monotonic() < deadline:
                 raise RewardError(f"no reward worker became ready within {START_TIMEOUT_S:.0f} s")
             for k, w in enumerate(self.workers):
                 if w.conn not in ready and w.proc.sentinel not in ready:
@@ -264,7 +301,7 @@ class WorkerPool:
                     timed_out.append(w.job)
                     restarts += 1
                     self._replace(k)
-        return results, sorted(timed_out), restarts
+        return results, sorted(timed_out), sorted(cut), restarts
 
     def close(self) -> None:
         for w in self.workers:
@@ -282,19 +319,31 @@ class WorkerPool:
 
 
 class RewardGrader:
-    """The reward call of the trainer and of evaluation: cache, then the pool (or in process)."""
+    """The reward call of the trainer and of evaluation: screen, cache, then the pool (or in process)."""
 
     def __init__(self, task, cfg):
         self.task = task
         self.cache = RewardCache(cfg.reward_cache_size)
+        if cfg.reward_batch_deadline_s is not None and not cfg.reward_batch_deadline_s > 0:
+            raise ValueError(f"task.reward_batch_deadline_s={cfg.reward_batch_deadline_s} must be > 0 or null (none)")
+        self.deadline_s, self.timeout_s = cfg.reward_batch_deadline_s, cfg.reward_timeout_s
         n = resolve_workers(cfg.reward_workers)
         self.pool = WorkerPool(task, n, cfg.reward_timeout_s) if n else None
 
     def grade(self, texts: list[str], problems, finished: list[bool]) -> Grades:
-        """Rewards of ``texts`` (responses to ``problems``); see the module docstring for budget and cache."""
+        """Rewards of ``texts`` (responses to ``problems``); see the module docstring for the screen, the budget,
+        the deadline and the cache."""
+        deadline = time.monotonic() + self.deadline_s if self.deadline_s is not None else math.inf
+        flags: dict[int, tuple[str, str]] = {}
         first: dict[Any, int] = {}  # key -> index of its first uncached response in this call
-        keys, cached, hits = [], {}, 0
+        keys: list[Any] = []  # per response: its key, or None when the screen refused it
+        cached, hits = {}, 0
         for i, (text, problem, done) in enumerate(zip(texts, problems, finished)):
+            reason = self.task.reward_screen(text, problem, done)
+            if reason is not None:
+                flags[i] = (REJECTED, reason)
+                keys.append(None)
+                continue
             key = RewardCache.digest(self.task.reward_key(text, problem, done)) if self.cache.size else i
             keys.append(key)
             value = self.cache.get(key) if self.cache.size else None
@@ -307,14 +356,30 @@ class RewardGrader:
                 first[key] = i
         jobs = [(texts[i], problems[i], bool(finished[i])) for i in first.values()]
         if self.pool is not None:
-            values, cut, restarts = self.pool.map(jobs)
+            values, timed_out, cut, restarts = self.pool.map(jobs, deadline)
         else:
-            values, cut, restarts = [float(self.task.reward(*job)) for job in jobs], [], 0
-        for key, value in zip(first, values):
-            self.cache.put(key, value)
+            values, cut = self._in_process(jobs, deadline)
+            timed_out, restarts = [], 0
+        owners, not_graded = list(first.values()), set(cut)
+        for j, (key, value) in enumerate(zip(first, values)):
+            if j not in not_graded:
+                self.cache.put(key, value)
             cached[key] = value
-        owners = list(first.values())
-        return Grades([cached[k] for k in keys], [owners[j] for j in cut], hits, restarts)
+        flags |= {owners[j]: (TIMEOUT, f"graded for longer than task.reward_timeout_s = {self.timeout_s:g} s")
+                  for j in timed_out}
+        flags |= {owners[j]: (DEADLINE, f"not graded before task.reward_batch_deadline_s = {self.deadline_s:g} s")
+                  for j in cut}
+        return Grades([0.0 if k is None else cached[k] for k in keys], flags, hits, restarts)
+
+    def _in_process(self, jobs: list[tuple], deadline: float) -> tuple[list[float], list[int]]:
+        """Rewards graded here, in order, until ``deadline`` passes; returns (rewards, indices not graded)."""
+        values: list[float] = []
+        for job in jobs:
+            if time.monotonic() >= deadline:
+                break
+            values.append(float(self.task.reward(*job)))
+        cut = list(range(len(values), len(jobs)))
+        return values + [0.0] * len(cut), cut
 
     def wait_ready(self) -> None:
         if self.pool is not None:
