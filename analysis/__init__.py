@@ -4,7 +4,7 @@ Each step is a pure function usable from a notebook (see ``ablation.ipynb``); ``
 """
 
 from analysis.load import load_histograms, load_runs, load_wandb
-from analysis.stats import bootstrap_ci, curve_stats, mean_ci, paired_table, results_table
+from analysis.stats import curve_stats, holm, iqm_ci, mean_ci, paired_table, paired_test, results_table
 
-__all__ = ["bootstrap_ci", "curve_stats", "load_histograms", "load_runs", "load_wandb", "mean_ci", "paired_table",
-           "results_table"]
+__all__ = ["curve_stats", "holm", "iqm_ci", "load_histograms", "load_runs", "load_wandb", "mean_ci", "paired_table",
+           "paired_test", "results_table"]

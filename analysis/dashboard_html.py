@@ -2,7 +2,7 @@
 
     python analysis/plots.py <multirun folder(s)> --dashboard      # writes <figures folder>/dashboard.html
 
-The page has the same sections as the W&B workspace (``SECTIONS`` in ``lpreg/metrics.py``, in order), each with how to
+The page has the same sections as the W&B workspace (``SECTIONS`` in ``lpreg/core/metrics.py``, in order), each with how to
 read it; one figure per metric (mean over seeds with the 95% CI band, none below 3 seeds, smoothed as the figures
 are), one per logged key for templated names such as ``eval/<source>/pass@k``; the results table in *Accuracy*; the
 latest sample completions and the sampled-probability ridge plot in *Samples*; and a last section with every run's
@@ -26,8 +26,8 @@ import pandas as pd
 from analysis.figures import color, label, plot_curve, plot_prob_distribution
 from analysis.load import Runs, job_folders, load_histograms
 from analysis.stats import cell_text, ci_caption, curve_stats, results_table
+from lpreg.core.metrics import METRICS, SECTIONS, is_template, keys_of, smoothing_points
 from lpreg.dashboard import READING
-from lpreg.metrics import METRICS, SECTIONS, is_template, keys_of, smoothing_points
 from lpreg.runfolder import arm
 
 DPI = 80  # embedded PNG resolution: 6.4 x 4.0 in figures -> 512 x 320 px, about 25 kB each

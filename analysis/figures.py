@@ -2,7 +2,7 @@
 against training step, the
 sampled-probability distribution over training (the paper's Fig. 1 style), and Optuna sweep plots.
 
-Labels and colors come from the regularizer registry (``lpreg/losses``), so an arm has the same name and color in every
+Labels and colors come from the regularizer registry (``lpreg/core/losses``), so an arm has the same name and color in every
 figure.
 """
 
@@ -17,10 +17,10 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 
-from lpreg.metrics import smoothing_points
+from lpreg.core.metrics import smoothing_points
 
 # metric -> (title, y label, smoothing window in logged points); the figure set of the CLI. Per-step metrics are
-# shown as a trailing rolling mean over lpreg.metrics.SMOOTHING_POINTS points (said in the title); evaluations are
+# shown as a trailing rolling mean over lpreg.core.metrics.SMOOTHING_POINTS points (said in the title); evaluations are
 # plotted as they are.
 _CURVES = {
     "policy/entropy": ("Policy entropy", "entropy (nats, token mean)"),
@@ -32,12 +32,18 @@ _CURVES = {
     "train/response_len_mean": ("Response length", "tokens"),
     "lpreg/delta": ("Lp-Reg selection threshold δ", "largest π_θ(y) among selected tokens"),
     "lpreg/reg_ratio": ("Lp-Reg regularization ratio", "regularized / candidates"),
+    "spark/prob": ("Spark probability at the decision point", "mean π_old(spark) at response position 0"),
+    "spark/usage": ("Rollouts that use the spark", "share of responses opening with the spark"),
+    "spark/acc_spark": ("Accuracy of spark-mode rollouts", "accuracy"),
+    "spark/acc_direct": ("Accuracy of direct-mode rollouts", "accuracy"),
+    "spark/reg_share": ("Share of acted-on tokens that are the spark", "share"),
+    "eval/spark_forced/acc": ("Held-out accuracy with the spark forced", "accuracy (diagnostic)"),
 }
 CURVES = {m: (title, ylabel, smoothing_points(m)) for m, (title, ylabel) in _CURVES.items()}
 
 
 def _entries():
-    from lpreg.losses import REGULARIZERS
+    from lpreg.core.losses import REGULARIZERS
 
     return {r.name: r for r in REGULARIZERS.entries()}
 

@@ -4,7 +4,7 @@ The ``regularizer`` column holds the run's arm (``lpreg.runfolder.arm``): the re
 of runs that set one (two arms of one regularizer, e.g. two entropy coefficients).
 
 A run is a Hydra job folder holding ``summary.json`` and ``metrics.jsonl`` (the local store, see
-``lpreg/tracking.py``). Folders may be job folders, multirun folders, or any parent of them. Runs that failed, or
+``lpreg/harness/tracking.py``). Folders may be job folders, multirun folders, or any parent of them. Runs that failed, or
 that have no metrics, are reported (``Runs.skipped``) and left out; they are never fatal.
 """
 
@@ -70,17 +70,18 @@ def load_runs(paths) -> Runs:
     return Runs(pd.DataFrame(rows, columns=COLUMNS), summaries, skipped)
 
 
-def load_histograms(runs: Runs, name: str = "policy/sampled_prob_hist") -> pd.DataFrame:
-    """Per-step histograms: columns ``run, regularizer, seed, step, edges, counts``."""
+def load_histograms(runs: Runs, name: str | None = "policy/sampled_prob_hist") -> pd.DataFrame:
+    """Per-step histograms: columns ``run, regularizer, seed, step, name, edges, counts``; only those named ``name``
+    (None: all of them)."""
     rows = []
     for run, s in runs.summaries.items():
         path = Path(run) / "histograms.jsonl"
         if path.exists():
             for line in path.read_text().splitlines():
                 rec = json.loads(line)
-                if rec["name"] == name:
-                    rows.append((run, arm(s), int(s["seed"]), rec["step"], rec["edges"], rec["counts"]))
-    return pd.DataFrame(rows, columns=["run", "regularizer", "seed", "step", "edges", "counts"])
+                if name is None or rec["name"] == name:
+                    rows.append((run, arm(s), int(s["seed"]), rec["step"], rec["name"], rec["edges"], rec["counts"]))
+    return pd.DataFrame(rows, columns=["run", "regularizer", "seed", "step", "name", "edges", "counts"])
 
 
 def load_wandb(path: str, group: str | None = None, api=None) -> Runs:

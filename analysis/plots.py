@@ -6,19 +6,21 @@
     python analysis/plots.py --storage sqlite:///path/study.db --study NAME --out DIR
     LPREG_SWEEP_STORAGE=postgresql://u:pw@host/db python analysis/plots.py <sweep folder>  # study.json masks pw
     python analysis/plots.py <multirun folder> --dashboard  # also dashboard.html (analysis/dashboard_html.py)
-    python analysis/plots.py multirun/sweeps/fair          # a fair comparison (+sweep=fair): analysis/fair.py
+    python analysis/plots.py multirun/sweeps/protocol      # a comparison protocol (+sweep=protocol): analysis/protocol.py
     python analysis/plots.py <study folder> --report docs/embedded_study.md  # experiment=embedded_study's report
 
 Writes, into ``--out`` (default ``<first folder>/figures``): one PNG+PDF per metric of ``figures.CURVES`` (mean over
-seeds, 95% CI band where 3 or more seeds ran, one line per regularizer), ``prob_distribution.png/pdf``,
+seeds, 95% CI band where 3 or more seeds ran, one line per regularizer), ``prob_distribution.png/pdf``, the token-level
+analyses (``analysis/tokens.py``: ``acted_tokens.md``, ``log_prob_histograms``, ``frontier.md`` and its figure),
 ``pass_at_k.png/pdf`` (pass@k against k, last_mean evaluations), ``arm_panels.png/pdf`` (entropy, accuracy and
 low-probability mass, one panel per arm),
 ``results_<protocol>.{md,tex,csv}`` (mean and CI per arm; protocols best, final, last_mean) and
 ``paired_<protocol>.{md,tex,csv}`` (each arm minus
 ``none`` paired by seed, with CIs and a mark where they exclude zero; intervals as ``analysis/stats.py`` says), and
 with ``--dashboard`` one self-contained ``dashboard.html`` (the sections of the W&B workspace, the results table, the
-runs' configs and statuses). On a fair-comparison folder (``fair.json``) the curves and tables use its fresh-seed runs
-only, and ``fair_table.{md,csv}`` and ``fair_sensitivity.{png,pdf}`` are added (``analysis/fair.py``). Missing or
+runs' configs and statuses). On a protocol folder (``protocol.json``) the curves and tables use its stage-C runs only
+(fresh seeds, test split), and ``protocol.md``, ``protocol_table.csv`` and ``protocol_grid.{png,pdf}`` are added
+(``analysis/protocol.py``). Missing or
 partial runs are listed and skipped.
 """
 
@@ -29,14 +31,22 @@ import json
 import sys
 from pathlib import Path
 
-from analysis.fair import eval_folders, read_fair, write_fair
-from analysis.figures import (CURVES, file_stem, plot_arm_panels, plot_curve, plot_pass_at_k, plot_prob_distribution,
-                              plot_sweep, save)
+from analysis.figures import (
+    CURVES,
+    file_stem,
+    plot_arm_panels,
+    plot_curve,
+    plot_pass_at_k,
+    plot_prob_distribution,
+    plot_sweep,
+    save,
+)
 from analysis.load import load_histograms, load_runs, load_wandb
-from analysis.stats import (BASELINE, cell_text, ci_caption, curve_stats, paired_table, pass_at_k_table,
-                            results_table)
+from analysis.protocol import read_protocol, test_folders, write_protocol
+from analysis.stats import BASELINE, cell_text, ci_caption, curve_stats, paired_table, pass_at_k_table, results_table
+from analysis.tokens import write_token_analyses
+from lpreg.harness.pruning import STORAGE_ENV
 from lpreg.mdtable import md_table, tex_cell
-from lpreg.pruning import STORAGE_ENV
 from lpreg.redact import unmask
 
 
@@ -133,12 +143,12 @@ def main(argv=None) -> int:
         return 0
     if not args.folders and not args.wandb:
         ap.error("give run folders, --wandb ENTITY/PROJECT, or --storage URL --study NAME")
-    fair = {f: info for f in args.folders if (info := read_fair(f)) is not None}
-    # a fair comparison's curves and tables come from its fresh-seed runs only, never from its tuning trials
-    folders = [p for f in args.folders for p in (eval_folders(f, fair[f]) if f in fair else [f])]
+    protocols = {f: rec for f in args.folders if (rec := read_protocol(f)) is not None}
+    # a protocol's curves and tables come from its stage-C runs only, never from its tuning runs
+    folders = [p for f in args.folders for p in (test_folders(f, protocols[f]) if f in protocols else [f])]
     try:
-        if fair and not folders:
-            raise FileNotFoundError(f"{', '.join(map(str, fair))}: no fresh-seed runs yet (fair.json eval_dirs)")
+        if protocols and not folders:
+            raise FileNotFoundError(f"{', '.join(map(str, protocols))}: no stage-C runs yet (protocol.json)")
         runs = load_wandb(args.wandb, args.group) if args.wandb else load_runs(folders)
     except FileNotFoundError as err:
         print(f"error: {err}", file=sys.stderr)
@@ -159,18 +169,20 @@ def main(argv=None) -> int:
                 print(f"no values for {metric}: figure skipped")
                 continue
             written += save(plot_curve(stats, metric, title, ylabel), out, file_stem(metric))
-        hists = load_histograms(runs) if not args.wandb else None
-        if hists is not None and not hists.empty:
+        hists = load_histograms(runs, None) if not args.wandb else None
+        linear = hists[hists.name == "policy/sampled_prob_hist"] if hists is not None else None
+        if linear is not None and not linear.empty:
             steps = [int(s) for s in args.steps.split(",")] if args.steps else None
-            written += save(plot_prob_distribution(hists, steps), out, "prob_distribution")
+            written += save(plot_prob_distribution(linear, steps), out, "prob_distribution")
+        written += write_token_analyses(runs, hists, out)
         panels = {m: curves[m] for m in PANEL_METRICS if not curves[m].empty}
         if panels:
             written += save(plot_arm_panels(panels, PANEL_METRICS), out, "arm_panels")
         if not (passk := pass_at_k_table(runs.summaries, PASS_AT_K_PROTOCOL)).empty:
             written += save(plot_pass_at_k(passk, PASS_AT_K_PROTOCOL), out, "pass_at_k")
         written += write_tables(runs.summaries, out)
-    for folder, info in fair.items():
-        written += write_fair(folder, out, unmask(info["storage"], STORAGE_ENV))
+    for folder in protocols:
+        written += write_protocol(folder, out)
     for folder in args.folders:
         study = folder / "study.json"
         if study.exists():

@@ -1,93 +1,121 @@
-"""Statistics over seeds: means with 95% confidence intervals, paired differences against a baseline arm, and the
-results tables.
+"""Statistics over seeds: means with 95% confidence intervals, paired differences and their tests, multiplicity
+adjustment, and robust aggregates; each from the library made for it (scipy, statsmodels, rliable).
 
 Which interval (``mean_ci``), chosen by the number of seeds n:
-- n < 3: no interval (``method = "n<3"``, bounds NaN). Two seeds give a t-interval 12.7 standard errors wide and a
-  bootstrap with three distinct resampled means: neither says anything, so none is printed.
-- 3 <= n < ``BOOTSTRAP_MIN_N``: Student t-interval, mean ± t_{n-1, 0.975} · s / √n. The percentile bootstrap is too
-  narrow at such n (it estimates the spread with divisor n, not n − 1, and has few distinct resamples).
-- n >= ``BOOTSTRAP_MIN_N``: percentile bootstrap of the mean (2,000 resamples, fixed RNG seed), which does not assume
-  normality.
+- n < 3: no interval (``method = "n<3"``, bounds NaN). Two seeds give a t-interval 12.7 standard errors wide: it says
+  nothing, so none is printed.
+- n >= 3: Student's t-interval, mean ± t_{n-1, 0.975} · s / √n (``scipy.stats.t``). Simulated on skewed and bimodal
+  per-seed accuracies at n = 10-20 it covers the true mean at least 92% of the time (``tests/test_stats.py``: 92.6-94.7%
+  over its cases). Bootstrap intervals were measured beside it and are too narrow at these n (a resample is never
+  more spread than the sample): scipy's BCa bootstrap covered 86.5-95.8% on skewed and bimodal cases at n = 10-20
+  (600 simulated studies each), and the percentile bootstrap this module used before covered 89-91% at n = 10-13.
 
-Paired comparisons (``paired_table``): each arm against ``none`` on the seeds both ran (seed i of the arm with seed i
-of the baseline: same prompts order, same initial evaluation); the CI is that of the mean of the per-seed differences,
-by the same rule. A difference "excludes zero" when its whole CI is on one side of 0.
+Paired comparisons (``paired_table``, ``paired_test``): an arm against a baseline on the seeds both ran (seed i of the
+arm with seed i of the baseline: the same warm-up, the same prompts order); the CI is that of the mean of the per-seed
+differences by the same rule, the p-value the paired t-test's (``scipy.stats.ttest_rel``), and ``holm`` adjusts a
+family of p-values (``statsmodels.stats.multitest.multipletests``). ``detectable`` is the difference a paired t-test
+detects with 80% power at the observed spread. Robust aggregates over seeds, with rliable's definitions computed on
+scipy (rliable 1.2 needs arch < 8, whose 7.x releases fail to import beside pandas 3): the interquartile mean with a
+BCa bootstrap CI, and the probability of improvement of one arm over another.
 """
 
 from __future__ import annotations
 
-import functools
 import math
 
 import numpy as np
 import pandas as pd
+from scipy import stats
 
 from lpreg.runfolder import arm
 
 MIN_CI_N = 3  # fewer seeds than this: no confidence interval is reported
-BOOTSTRAP_MIN_N = 10  # from this many seeds on, the percentile bootstrap replaces the t-interval
-BASELINE = "none"  # the arm every other arm is compared with
-
-
-@functools.lru_cache(maxsize=None)  # curve_stats asks for the same few quantiles at every step
-def t_quantile(q: float, df: int) -> float:
-    """The q-quantile (q > 0.5) of Student's t with ``df`` degrees of freedom, by bisection on its CDF.
-
-    CDF(x) = 1/2 + ∫_0^x f(t) dt with f(t) = Γ((df+1)/2) / (√(df π) Γ(df/2)) · (1 + t²/df)^(−(df+1)/2), the integral by
-    Simpson's rule on 4,000 intervals; bisection to 1e-10. Matches the tabulated 0.975 quantiles of df 1, 2, 4 and 9
-    to 2e-6 (tests/test_stats.py). Written out because scipy is not a dependency.
-    """
-    if not 0.5 < q < 1:
-        raise ValueError(f"t_quantile needs 0.5 < q < 1, got {q}")
-    c = math.exp(math.lgamma((df + 1) / 2) - math.lgamma(df / 2)) / math.sqrt(df * math.pi)
-
-    def cdf(x: float) -> float:
-        t = np.linspace(0.0, x, 4001)
-        f = c * (1 + t**2 / df) ** (-(df + 1) / 2)
-        h = x / 4000
-        return 0.5 + h / 3 * (f[0] + f[-1] + 4 * f[1:-1:2].sum() + 2 * f[2:-1:2].sum())
-
-    lo, hi = 0.0, 1000.0
-    while hi - lo > 1e-10:
-        mid = (lo + hi) / 2
-        lo, hi = (mid, hi) if cdf(mid) < q else (lo, mid)
-    return (lo + hi) / 2
-
-
-def bootstrap_ci(values, n_boot: int = 2000, level: float = 0.95, seed: int = 0) -> tuple[float, float, float]:
-    """(mean, low, high): percentile bootstrap of the mean. One value gives a zero-width interval."""
-    x = np.asarray(values, dtype=float)
-    x = x[~np.isnan(x)]
-    if len(x) == 0:
-        return (np.nan, np.nan, np.nan)
-    if len(x) == 1:
-        return (float(x[0]),) * 3
-    rng = np.random.default_rng(seed)
-    means = rng.choice(x, size=(n_boot, len(x)), replace=True).mean(1)
-    lo, hi = np.quantile(means, [(1 - level) / 2, 1 - (1 - level) / 2])
-    return float(x.mean()), float(lo), float(hi)
+BASELINE = "none"  # the arm every other arm is compared with in the exploratory tables
+LEVEL = 0.95
+POWER = 0.80
+BOOT_REPS = 2000  # bootstrap resamples of the IQM's interval
 
 
 def ci_method(n: int) -> str:
-    """The interval used for ``n`` finite values: ``"n<3"`` (none), ``"t"`` or ``"bootstrap"`` (module constants)."""
-    return f"n<{MIN_CI_N}" if n < MIN_CI_N else ("t" if n < BOOTSTRAP_MIN_N else "bootstrap")
+    """The interval used for ``n`` finite values: ``"n<3"`` (none) or ``"t"``."""
+    return f"n<{MIN_CI_N}" if n < MIN_CI_N else "t"
 
 
-def mean_ci(values, level: float = 0.95) -> dict:
-    """``{mean, low, high, n, method}`` of the finite ``values``; the interval by the module's rule on n
-    (``method``: ``"n<3"`` with NaN bounds, ``"t"`` or ``"bootstrap"``)."""
+def _finite(values) -> np.ndarray:
     x = np.asarray(values, dtype=float)
-    x = x[~np.isnan(x)]
+    return x[~np.isnan(x)]
+
+
+def mean_ci(values, level: float = LEVEL) -> dict:
+    """``{mean, low, high, n, method}`` of the finite ``values``; the interval by the module's rule on n."""
+    x = _finite(values)
     n = len(x)
     mean = float(x.mean()) if n else math.nan
-    method = ci_method(n)
-    if method == "t":
-        half = t_quantile(1 - (1 - level) / 2, n - 1) * float(x.std(ddof=1)) / math.sqrt(n)
-        return {"mean": mean, "low": mean - half, "high": mean + half, "n": n, "method": method}
-    if method == "bootstrap":
-        _, lo, hi = bootstrap_ci(x, level=level)
-        return {"mean": mean, "low": lo, "high": hi, "n": n, "method": method}
-    return {"mean": mean, "low": math.nan, "high": math.nan, "n": n, "method": method}
+    if ci_method(n) != "t":
+        return {"mean": mean, "low": math.nan, "high": math.nan, "n": n, "method": ci_method(n)}
+    half = float(stats.t.ppf(1 - (1 - level) / 2, n - 1)) * float(x.std(ddof=1)) / math.sqrt(n)
+    return {"mean": mean, "low": mean - half, "high": mean + half, "n": n, "method": "t"}
+
+
+def paired_test(a, b) -> dict:
+    """Paired comparison of ``a`` and ``b`` (aligned by seed): ``{diff, low, high, n, method, p, sd}``; p is the
+    two-sided paired t-test's (NaN below 3 pairs)."""
+    d = np.asarray(a, dtype=float) - np.asarray(b, dtype=float)
+    d = d[~np.isnan(d)]
+    c = mean_ci(d)
+    sd = float(d.std(ddof=1)) if len(d) > 1 else math.nan
+    p = float(stats.ttest_1samp(d, 0.0).pvalue) if len(d) >= MIN_CI_N and sd > 0 else (
+        math.nan if len(d) < MIN_CI_N else (0.0 if abs(c["mean"]) > 0 else 1.0))
+    return {"diff": c["mean"], "low": c["low"], "high": c["high"], "n": c["n"], "method": c["method"], "p": p,
+            "sd": sd}
+
+
+def holm(pvalues) -> list[float]:
+    """Holm's step-down adjustment of a family of p-values (NaN entries left out of the family and kept NaN)."""
+    from statsmodels.stats.multitest import multipletests
+
+    p = np.asarray(pvalues, dtype=float)
+    out = np.full(len(p), np.nan)
+    ok = ~np.isnan(p)
+    if ok.any():
+        out[ok] = multipletests(p[ok], method="holm")[1]
+    return out.tolist()
+
+
+def detectable(sd: float, n: int, alpha: float = 1 - LEVEL, power: float = POWER) -> float:
+    """The smallest true difference a two-sided paired t-test at ``alpha`` detects with ``power`` from ``n`` pairs
+    with per-pair spread ``sd``: (t_{1-α/2, n-1} + t_{power, n-1}) · sd / √n."""
+    if n < MIN_CI_N or not math.isfinite(sd):
+        return math.nan
+    return (float(stats.t.ppf(1 - alpha / 2, n - 1)) + float(stats.t.ppf(power, n - 1))) * sd / math.sqrt(n)
+
+
+def iqm_ci(scores: dict[str, np.ndarray], level: float = LEVEL, seed: int = 0) -> dict[str, tuple[float, float, float]]:
+    """arm -> (IQM, low, high): the interquartile mean of each arm's per-seed scores (the mean of the middle half,
+    ``scipy.stats.trim_mean`` at 25%, rliable's definition) with a BCa bootstrap CI over seeds (``scipy.stats.bootstrap``;
+    with one task, rliable's stratified bootstrap is this bootstrap). Arms with fewer than 3 seeds are left out."""
+    out = {}
+    for a, values in scores.items():
+        x = _finite(values)
+        if len(x) < MIN_CI_N:
+            continue
+        iqm = float(stats.trim_mean(x, 0.25))
+        if np.ptp(x) == 0:
+            out[a] = (iqm, iqm, iqm)
+            continue
+        res = stats.bootstrap((x,), lambda v, axis: stats.trim_mean(v, 0.25, axis=axis), n_resamples=BOOT_REPS,
+                              confidence_level=level, method="BCa", random_state=np.random.default_rng(seed))
+        out[a] = (iqm, float(res.confidence_interval.low), float(res.confidence_interval.high))
+    return out
+
+
+def probability_of_improvement(x, y) -> float:
+    """P(X > Y) + P(X = Y)/2 over the arms' per-seed scores: the Mann-Whitney U statistic over n·m
+    (``scipy.stats.mannwhitneyu``; rliable's probability of improvement for one task)."""
+    x, y = _finite(x), _finite(y)
+    if not len(x) or not len(y):
+        return math.nan
+    return float(stats.mannwhitneyu(x, y).statistic) / (len(x) * len(y))
 
 
 def excludes_zero(low: float, high: float) -> bool:
@@ -100,9 +128,7 @@ def ci_caption(methods) -> str:
     methods = set(methods)
     parts = []
     if "t" in methods:
-        parts.append(f"Student t-interval ({MIN_CI_N} to {BOOTSTRAP_MIN_N - 1} seeds)")
-    if "bootstrap" in methods:
-        parts.append(f"percentile bootstrap, 2,000 resamples ({BOOTSTRAP_MIN_N} or more seeds)")
+        parts.append(f"Student t-interval over seeds ({MIN_CI_N} or more)")
     text = "95% CI: " + "; ".join(parts) + "." if parts else ""
     if f"n<{MIN_CI_N}" in methods:
         text += f" No CI where fewer than {MIN_CI_N} seeds ran (marked \"no CI\")."
@@ -159,12 +185,12 @@ def paired_table(summaries: dict[str, dict], protocol: str = "best", baseline: s
     for (reg, src), g in df[df.regularizer != baseline].groupby(["regularizer", "source"]):
         per_seed = g.groupby("seed").value.mean()
         pairs = [(per_seed[s], base[(src, s)]) for s in per_seed.index if (src, s) in base.index]
-        c = mean_ci([a - b for a, b in pairs])
-        out.append({"regularizer": reg, "baseline": baseline, "source": src, "diff": c["mean"], "ci_low": c["low"],
-                    "ci_high": c["high"], "pairs": c["n"], "method": c["method"],
+        c = paired_test([a for a, _ in pairs], [b for _, b in pairs])
+        out.append({"regularizer": reg, "baseline": baseline, "source": src, "diff": c["diff"], "ci_low": c["low"],
+                    "ci_high": c["high"], "pairs": c["n"], "method": c["method"], "p": c["p"],
                     "excludes_zero": excludes_zero(c["low"], c["high"]), "protocol": protocol})
     return pd.DataFrame(out, columns=["regularizer", "baseline", "source", "diff", "ci_low", "ci_high", "pairs",
-                                      "method", "excludes_zero", "protocol"])
+                                      "method", "p", "excludes_zero", "protocol"])
 
 
 def pass_at_k_table(summaries: dict[str, dict], protocol: str = "last_mean") -> pd.DataFrame:

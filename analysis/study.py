@@ -1,7 +1,7 @@
 """The embedded study's report: the setup, the measured dynamics, the paired tables and one paragraph per paper claim,
 every number computed from the study's runs (nothing typed by hand).
 
-    python -m lpreg.run -m experiment=embedded_study                  # conf/experiment/embedded_study.yaml
+    python -m lpreg.run -m experiment=embedded_study                  # lpreg/conf/experiment/embedded_study.yaml
     python analysis/plots.py <its multirun folder> --report docs/embedded_study.md
 
 ``analysis/plots.py`` writes the figures and tables next to the report (``docs/embedded_study/``) and calls
@@ -32,16 +32,17 @@ from pathlib import Path
 
 import pandas as pd
 import yaml
+from scipy import stats
 
 from analysis.load import Runs
-from analysis.stats import MIN_CI_N, ci_caption, ci_method, excludes_zero, mean_ci, t_quantile
+from analysis.stats import MIN_CI_N, ci_caption, ci_method, excludes_zero, mean_ci
 from lpreg.mdtable import md_table
 from lpreg.runfolder import arm
 
 WINDOW = 10  # training steps averaged for the start and end entropy
 COLLAPSE = 0.70  # issue 14: GRPO ("none") should lose at least this fraction of its initial entropy
 DETECT = 0.05  # issue 14: a 5-point accuracy difference between two arms should be detectable with the seeds run
-LARGE = "entropy_large"  # the arm of the entropy bonus at a large coefficient (conf/arm/entropy_large.yaml)
+LARGE = "entropy_large"  # the arm of the entropy bonus at a large coefficient (lpreg/conf/arm/entropy_large.yaml)
 PAPER_ENTROPY = "entropy"  # the entropy bonus at the paper's coefficient
 PAPER_BEST_BASELINE = "highent_8020"  # the paper's strongest baseline (80/20, on-policy, Qwen3-14B: 57.51)
 POWER = 0.80  # the power at which the report states the smallest detectable difference
@@ -137,7 +138,7 @@ def detectable(df: pd.DataFrame, base: str = "none", power: float | None = None)
     for a in sorted(set(df.arm) - {base}):
         d = paired_diffs(df, "acc", a, base)
         if len(d) >= MIN_CI_N:
-            q = t_quantile(0.975, len(d) - 1) + (t_quantile(power, len(d) - 1) if power else 0.0)
+            q = stats.t.ppf(0.975, len(d) - 1) + (stats.t.ppf(power, len(d) - 1) if power else 0.0)
             out[a] = q * statistics.stdev(d) / math.sqrt(len(d))
     return out
 
@@ -350,7 +351,8 @@ def write_report(runs: Runs, folders: list[Path], out: Path, doc: Path, command:
         "",
     ]
     figures = [("arm_panels", "One panel per arm"), ("policy_entropy", "Policy entropy"),
-               ("eval_mean", "Held-out accuracy"), ("policy_lowprob_mass", "Low-probability mass"), ("policy_lowprob_frac", "Low-probability tokens"),
+               ("eval_mean", "Held-out accuracy"), ("policy_lowprob_mass", "Low-probability mass"),
+               ("policy_lowprob_frac", "Low-probability tokens"),
                ("pass_at_k", "pass@k"), ("prob_distribution", "Sampled-token probabilities")]
     for stem, title in figures:
         if (out / f"{stem}.png").exists():

@@ -7,7 +7,7 @@ below, no download) scores one sequence: a prompt of 64 tokens and a response of
 - ``old``: the path lpreg used before the token pass: one forward to full logits ``[b, R, V]`` (fp32), then
   log-softmax, entropy, tail mass and the regularizer's targets over the whole tensor; the update recomputes full
   logits with gradient (and ``forward_kl`` keeps π_old's full logits).
-- ``new``: ``lpreg/tokens.py``: the head applied to ``--chunk`` tokens at a time, each chunk reduced at once and
+- ``new``: ``lpreg/native/tokens.py``: the head applied to ``--chunk`` tokens at a time, each chunk reduced at once and
   recomputed in backward; the update is the trainer's own ``update``.
 On the CPU each (path, regularizer, R, phase) runs in a fresh process and memory is the peak rise of the process's
 resident set during the measured call (sampled every millisecond); on CUDA all run in one process and memory is the
@@ -93,7 +93,7 @@ def build_model(shape: str, device: str):
 def setup(reg_key: str, R: int, chunk: int, shape: str, device: str):
     import torch
 
-    from lpreg.rollout import Generation
+    from lpreg.native.rollout import Generation
 
     model = build_model(shape, device)
     name = "lpreg" if reg_key.startswith("lpreg") else reg_key
@@ -104,10 +104,10 @@ def setup(reg_key: str, R: int, chunk: int, shape: str, device: str):
     from hydra import compose, initialize_config_dir
     from omegaconf import OmegaConf
 
-    from lpreg.config import ROOT, register_configs
+    from lpreg.harness.config import CONF, register_configs
 
     register_configs()
-    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
         cfg = OmegaConf.to_object(compose(config_name="config", overrides=overrides))
     g = torch.Generator().manual_seed(1)
     prompt = torch.randint(0, V, (1, PROMPT), generator=g)
@@ -122,14 +122,14 @@ def setup(reg_key: str, R: int, chunk: int, shape: str, device: str):
 def old_logprob(torch, model, cfg, gen):
     """The dense log-prob pass: full logits ``[b·R, V]`` (fp32), then every per-token value over the whole tensor.
     With ``forward_kl`` the old path keeps π_old's full logits for the update."""
-    from lpreg.losses import REGULARIZERS
-    from lpreg.tokens import old_pass_fns
+    from lpreg.core.losses import REGULARIZERS
+    from lpreg.native.tokens import old_pass_fns
 
     reg = REGULARIZERS.get(cfg.regularizer.name)
     y = gen.response_ids.flatten()
     with torch.no_grad():
         z = dense_logits(torch, model, cfg, gen)
-        fns = old_pass_fns(cfg.metrics.tail_kappa, reg.old_targets(cfg.regularizer))
+        fns = old_pass_fns(cfg.metrics.tail_kappa, cfg.metrics.lowprob_threshold, reg.old_targets(cfg.regularizer))
         old = {"log_prob": torch.log_softmax(z, -1).gather(-1, y[:, None])[:, 0],
                **{k: fn(z, y, {}) for k, fn in fns.items()}}
     keeps_logits = cfg.regularizer.name == "lpreg" and cfg.regularizer.divergence == "forward_kl"
@@ -145,7 +145,7 @@ def dense_logits(torch, model, cfg, gen):
 
 def old_update(torch, model, cfg, gen, adv, old):
     """The dense update: full logits with gradient, the regularizer's targets over the whole tensor, backward."""
-    from lpreg.losses import REGULARIZERS, LossInputs
+    from lpreg.core.losses import REGULARIZERS, LossInputs
 
     reg = REGULARIZERS.get(cfg.regularizer.name)
     y = gen.response_ids.flatten()
@@ -162,19 +162,19 @@ def old_update(torch, model, cfg, gen, adv, old):
 
 
 def new_logprob(torch, model, cfg, gen):
-    from lpreg import trainer
-    from lpreg.losses import REGULARIZERS
-    from lpreg.tokens import old_pass_fns
+    from lpreg.core.losses import REGULARIZERS
+    from lpreg.native import trainer
+    from lpreg.native.tokens import old_pass_fns
 
     reg = REGULARIZERS.get(cfg.regularizer.name)
     minis = trainer.micro_batches(gen, cfg)
-    return minis, trainer.old_pass(model, gen, minis, old_pass_fns(cfg.metrics.tail_kappa,
-                                                                   reg.old_targets(cfg.regularizer)), cfg)
+    return minis, trainer.old_pass(model, minis, old_pass_fns(cfg.metrics.tail_kappa, cfg.metrics.lowprob_threshold,
+                                                              reg.old_targets(cfg.regularizer)), cfg)
 
 
 def new_update(torch, model, cfg, gen, adv, state):
-    from lpreg import trainer
-    from lpreg.losses import REGULARIZERS
+    from lpreg.core.losses import REGULARIZERS
+    from lpreg.native import trainer
 
     reg = REGULARIZERS.get(cfg.regularizer.name)
     minis, olds = state
@@ -238,7 +238,7 @@ def main(argv=None) -> int:
     ap.add_argument("--device", choices=["cpu", "cuda"], default="cpu", help="cuda: bf16 autocast, torch's peak counter")
     ap.add_argument("--out")
     args = ap.parse_args(argv)
-    from lpreg.config import TrainerConfig
+    from lpreg.harness.config import TrainerConfig
 
     chunk = args.chunk if args.chunk is not None else TrainerConfig().token_chunk
     jobs = [(path, reg, int(R), phase, chunk, args.repeat, args.threads, args.model, args.device)

@@ -110,19 +110,18 @@ def policy_and_prompts(n_steps: int, seed: int = 0):
     from hydra import compose, initialize_config_dir
     from omegaconf import OmegaConf
 
-    from lpreg.config import register_configs
-    from lpreg.models import tiny_policy_path
+    from lpreg.harness.config import CONF, register_configs
+    from lpreg.native.models import tiny_policy_path
+    from lpreg.native.trainer import PromptSampler
     from lpreg.tasks import build_task
-    from lpreg.trainer import PromptSampler
 
     register_configs()
-    conf = Path(__file__).resolve().parents[1] / "conf"
     overrides = ["regularizer=none", f"seed={seed}", f"trainer.prompts_per_step={PROMPTS}", f"rollout.group_size={GROUP}",
                  "trainer.mini_batches=2", f"trainer.lr={LR}", "trainer.weight_decay=0", "trainer.grad_clip=1.0",
                  "rollout.temperature=1.0", f"task.max_response_len={MAX_RESPONSE}", "eval.at_start=false",
                  "eval.every=0", "trainer.checkpoint_every=0", "metrics.samples_every=0",
                  "trainer.device=cpu"]
-    with initialize_config_dir(config_dir=str(conf), version_base="1.3"):
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
         cfg = OmegaConf.to_object(compose(config_name="config", overrides=overrides))
     task = build_task(cfg.task)
     sampler = PromptSampler(len(task.train_problems()), cfg.seed)
@@ -152,7 +151,7 @@ class NullTracker:
 
 
 def run_lpreg(n_steps: int, threads: int, job_dir: Path) -> Phases:
-    import lpreg.trainer as T
+    import lpreg.native.trainer as T
 
     cfg, _, _, _ = policy_and_prompts(n_steps)
     cfg.trainer.steps, cfg.trainer.num_threads = n_steps, threads
@@ -171,7 +170,7 @@ def run_lpreg(n_steps: int, threads: int, job_dir: Path) -> Phases:
 
 
 def trl_config(n_steps: int, threads: int, out_dir: Path):
-    """The ``GRPOConfig`` that makes TRL's update the same as lpreg's (issue 15 lists why each one is needed)."""
+    """The ``GRPOConfig`` that makes TRL's update the same as lpreg's (each one is needed for the two updates to match)."""
     from trl import GRPOConfig
 
     return GRPOConfig(
@@ -191,7 +190,7 @@ def run_trl(n_steps: int, threads: int, out_dir: Path) -> Phases:
     from transformers import TrainerCallback
     from trl import GRPOTrainer
 
-    from lpreg.models import load_pretrained
+    from lpreg.native.models import load_pretrained
     from lpreg.tasks import Problem
 
     torch.set_num_threads(threads)

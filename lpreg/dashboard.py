@@ -2,9 +2,9 @@
 
     python -m lpreg.dashboard ENTITY/PROJECT [--group G] [--name NAME] [--report]
 
-Runs are grouped by regularizer (the W&B job type, set by ``lpreg/tracking.py``); each line panel shows the mean
+Runs are grouped by regularizer (the W&B job type, set by ``lpreg/harness/tracking.py``); each line panel shows the mean
 over seeds with a min-max band against ``train/step``. Sections and their metrics come from ``SECTIONS`` in
-``lpreg/metrics.py`` (one place), in that order. Templated names (``eval/<source>/pass@k``, ``timing/<phase>``,
+``lpreg/core/metrics.py`` (one place), in that order. Templated names (``eval/<source>/pass@k``, ``timing/<phase>``,
 ``sparks/<name>/prob``) become regex panels that pick up every matching key. Per-step series use W&B's running
 average over ``metrics.SMOOTHING_POINTS`` points, like ``analysis/plots.py``'s rolling mean over the same number of
 points; evaluations are not smoothed. One difference: W&B's running-average window is centred, the figures' window
@@ -23,7 +23,7 @@ import socket
 import sys
 from urllib.parse import urlparse
 
-from lpreg.metrics import METRICS, SECTIONS, is_template, metric_regex, smoothing_points
+from lpreg.core.metrics import METRICS, SECTIONS, is_template, metric_regex, smoothing_points
 
 X_AXIS = "train/step"  # every series is logged against it (tracking.py: define_metric("*", step_metric=...))
 GROUP_BY = "JobType"  # W&B run attribute; run.py sets job_type = the arm (the regularizer unless `arm=` names it)
@@ -49,9 +49,14 @@ READING = {
     "Optimization": "Loss parts, the k3 KL to the rollout policy and the PPO clip fraction (off-policy drift), "
                     "gradient norm before clipping, learning rate, skipped steps, and the rollout's shape (groups "
                     "with no signal, response length, truncated responses).",
-    "Samples": "The latest table of sample completions with their sampled-token probabilities, the histogram of "
-               "sampled-token probabilities over training (mass piling up near 1 is collapse), and the mean "
-               "probability of configured token sets.",
+    "Sparks": "On a task with a decision point (task=spark): the spark's probability at it, how many rollouts open "
+              "with the spark, the accuracy of each mode, how often spark rollouts get a negative advantage, and the "
+              "share of the tokens the regularizer acts on that are the spark. A falling spark probability under "
+              "GRPO is the collapse the testbed is built to show; the control arm's floor is active where it lifts.",
+    "Samples": "The latest table of sample completions with their sampled-token probabilities, the tokens the "
+               "regularizer acted on, the histograms of sampled-token probabilities over training (linear: mass "
+               "piling up near 1 is collapse; log-spaced by advantage sign: which tail the updates act on), and the "
+               "mean probability of configured token sets.",
     "Speed": "Seconds per trainer phase and tokens per second; compare arms at equal cost.",
 }
 
@@ -61,7 +66,7 @@ def _line(name: str, group: bool = True):
     import wandb_workspaces.reports.v2 as wr
 
     if name not in METRICS:
-        raise KeyError(f"{name!r} is not a metric name in lpreg/metrics.py METRICS; add it there with a definition")
+        raise KeyError(f"{name!r} is not a metric name in lpreg/core/metrics.py METRICS; add it there with a definition")
     smooth = smoothing_points(name) if group else 1
     kw = dict(title=name, x=X_AXIS)
     kw |= dict(metric_regex=metric_regex(name)) if is_template(name) else dict(y=[name])

@@ -1,16 +1,16 @@
 """Entry point: ``python -m lpreg.run [overrides]`` (one run) or ``python -m lpreg.run -m ...`` (multirun).
 
-The one place that reads the config: Hydra composes ``conf/`` against the structured schemas of
-``lpreg/config.py``; the resolved config is saved by Hydra in ``<job>/.hydra/`` and logged to W&B. Each job
+The one place that reads the config: Hydra composes ``lpreg/conf/`` against the structured schemas of
+``lpreg/harness/config.py``; the resolved config is saved by Hydra in ``<job>/.hydra/`` and logged to W&B. Each job
 writes ``summary.json`` (status ``running`` -> ``completed`` | ``failed`` | ``pruned``; ``crashed`` when read later
 for a ``running`` one whose process is gone) into its Hydra job folder, holding ``run.lock`` (``lpreg/runfolder.py``)
 while it runs. Every value range is checked when the typed config is built, before any work (``lpreg/checks.py``);
 a resume continues from the newest checkpoint that loads, with the config it was written with
-(``lpreg/checkpoint.py``). Secrets are
-masked in everything written (``lpreg/redact.py``; Hydra's own files by ``lpreg.callbacks.MaskSecrets``).
+(``lpreg/native/checkpoint.py``). Secrets are
+masked in everything written (``lpreg/redact.py``; Hydra's own files by ``lpreg.harness.callbacks.MaskSecrets``).
 
 A failing job in a multirun is recorded (summary.json, a failed W&B run) and does not stop the other jobs; the
-multirun ends with a non-zero exit once all jobs ran (see ``lpreg/callbacks.py``). The task function returns
+multirun ends with a non-zero exit once all jobs ran (see ``lpreg/harness/callbacks.py``). The task function returns
 the configured objective (``objective.*``), which the Optuna sweeper maximizes.
 """
 
@@ -30,8 +30,9 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
-from lpreg import distributed, pruning
-from lpreg.config import ROOT, embedded_values, register_configs
+from lpreg.harness import pruning
+from lpreg.harness.config import PACKAGE, embedded_values, register_configs
+from lpreg.harness.summary import summarize
 from lpreg.redact import redact, redact_text
 
 log = logging.getLogger("lpreg")
@@ -40,65 +41,20 @@ register_configs()
 
 def git_revision() -> str:
     try:
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True,
+        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=PACKAGE, capture_output=True, text=True,
                               timeout=5).stdout.strip() or "unknown"
     except (OSError, subprocess.SubprocessError):
         return "unknown"
 
 
-def after_start(evals: list[dict], n: int) -> list[dict]:
-    """The last ``n`` evaluations after step 0 (the warm-up model's evaluation is no result of training); all of
-    ``evals`` when there is none after step 0."""
-    trained = [e for e in evals if e["step"] > 0]
-    return (trained or evals)[-n:]
-
-
-def objective(evals: list[dict], cfg) -> float:
-    """The sweep objective from the eval history: ``final``, ``best`` (over every evaluation, step 0 included) or
-    ``last_mean`` (the mean over :func:`after_start`, as ``summary.json``'s ``last_mean``) of ``objective.metric``."""
-    kept = [e for e in evals if e.get(cfg.metric) is not None and not math.isnan(e[cfg.metric])]
-    vals = [e[cfg.metric] for e in kept]
-    if not vals:
-        return math.nan
-    if cfg.mode == "final":
-        return vals[-1]
-    if cfg.mode == "best":
-        return max(vals)
-    if cfg.mode == "last_mean":
-        tail = [e[cfg.metric] for e in after_start(kept, cfg.last_n)]
-        return sum(tail) / len(tail)
-    raise ValueError(f"objective.mode={cfg.mode!r} must be one of: final, best, last_mean")
-
-
-def summarize(evals: list[dict], last: dict, cfg_obj) -> dict:
-    """Final, best and initial held-out metrics (best = max over evaluations, the paper's protocol), and
-    ``last_mean``: the mean of the last ``objective.last_n`` evaluations after step 0 (less noisy than one evaluation:
-    the embedded study compares arms on it, docs/embedded_study.md)."""
-    keys = sorted({k for e in evals for k in e if k.startswith("eval/")})
-    ok = lambda v: v is not None and not math.isnan(v)
-    best = {k: max((e[k] for e in evals if k in e and ok(e[k])), default=None) for k in keys}
-    tail = after_start(evals, cfg_obj.objective.last_n)
-    last_mean = {k: sum(vals) / len(vals) for k in keys if (vals := [e[k] for e in tail if ok(e.get(k))])}
-    return {
-        "final": {k: v for k, v in (evals[-1].items() if evals else []) if k.startswith("eval/")},
-        "best": best,
-        "last_mean": last_mean,
-        "initial": {k: v for k, v in evals[0].items() if k.startswith("eval/")} if evals and evals[0]["step"] == 0 else {},
-        "final_step": evals[-1]["step"] if evals else None,
-        "last_train": {k: v for k, v in last.items() if k.split("/")[0] in ("policy", "train", "lpreg", "loss")},
-        "objective": objective(evals, cfg_obj.objective),
-    }
-
-
 def thread_budget(requested: int, launcher_cfg) -> int:
-    """Torch threads for this job: ``requested`` if set, else the machine's cores shared among parallel jobs and the
-    job's processes on this machine (torchrun's ``LOCAL_WORLD_SIZE``)."""
+    """Torch threads for this job: ``requested`` if set, else the machine's cores shared among parallel jobs."""
     if requested:
         return requested
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     n_jobs = launcher_cfg.get("n_jobs", 1) if "joblib" in str(launcher_cfg.get("_target_", "")) else 1
     n_jobs = cores if n_jobs is None or n_jobs < 1 else n_jobs
-    return max(1, cores // n_jobs // distributed.local_world())
+    return max(1, cores // n_jobs)
 
 
 def wandb_group(cfg, root: Path, multirun: bool) -> str | None:
@@ -143,6 +99,16 @@ def stop_on_sigterm() -> None:
         signal.signal(signal.SIGTERM, handler)
 
 
+def refuse_several_processes(env=os.environ) -> None:
+    """The native trainer is one process: a launch as several (torchrun, SLURM tasks) is refused before any work,
+    since every process would train the same run in the same folder. Many GPUs run through ``backend=verl``."""
+    world = max(int(env.get("WORLD_SIZE", 1)), int(env.get("SLURM_STEP_NUM_TASKS", 1)))  # torchrun; an srun step
+    if world > 1:
+        raise SystemExit(f"lpreg.run was launched as {world} processes (WORLD_SIZE / SLURM_STEP_NUM_TASKS): the native "
+                         "trainer is one process (a CPU or one GPU). For several GPUs or nodes use backend=verl; for "
+                         "SLURM, launch one task per job (hydra.launcher.tasks_per_node=1)")
+
+
 def previous_run(job_dir: Path) -> str | None:
     """``crashed`` if ``job_dir/summary.json`` says ``running`` but its process is gone, else its status."""
     from lpreg.runfolder import process_gone
@@ -167,17 +133,25 @@ def print_table(summary: dict) -> None:
     print("\n".join([lines[0], "-" * len(lines[0]), *lines[1:]]), flush=True)
 
 
-@hydra.main(version_base="1.3", config_path=str(ROOT / "conf"), config_name="config")
+def backend_train(name: str):
+    """The ``train(cfg, job_dir, tracker, resume, on_eval)`` of ``backend=``: the native trainer or verl."""
+    if name == "verl":
+        from lpreg.verl.launch import train
+    else:
+        from lpreg.native.trainer import train
+    return train
+
+
+@hydra.main(version_base="1.3", config_path="pkg://lpreg.conf", config_name="config")
 def main(cfg: DictConfig) -> float:
     import optuna
 
     from lpreg import runfolder
-    from lpreg.checkpoint import check_resume_config, find_resume
-    from lpreg.tracking import Tracker, build_tracker, wandb_env
-    from lpreg.trainer import train
+    from lpreg.harness.tracking import build_tracker, wandb_env
+    from lpreg.native.checkpoint import check_resume_config, find_resume
 
     stop_on_sigterm()  # first: a SIGTERM from here on ends in finally blocks, and summary.json says failed
-    distributed.join()  # SLURM tasks of one job (submitit tasks_per_node); no-op otherwise
+    refuse_several_processes()
     hc = HydraConfig.get()
     job_dir = Path(hc.runtime.output_dir)
     multirun = hc.mode == RunMode.MULTIRUN
@@ -186,20 +160,18 @@ def main(cfg: DictConfig) -> float:
     cfg_obj.trainer.num_threads = thread_budget(cfg.trainer.num_threads, hc.launcher)
     reg = cfg.regularizer.name
     arm = cfg.arm or reg
-    main_rank = distributed.is_main()  # under torchrun rank 0 alone writes summary.json, the store and W&B
-    lock = runfolder.acquire(job_dir) if main_rank else None  # before anything is written: one writer per folder
+    lock = runfolder.acquire(job_dir)  # before anything is written: one writer per folder
     base = {"status": "running", "seed": cfg.seed, "regularizer": reg, "arm": arm, "git_revision": git_revision(),
             "num_threads": cfg_obj.trainer.num_threads, **runfolder.identity(),
             "overrides": redact(list(hc.overrides.task)), "job_dir": str(job_dir)}
-    if (before := previous_run(job_dir)) == "crashed" and main_rank:
+    if (before := previous_run(job_dir)) == "crashed":
         log.warning("the previous run in %s crashed (its summary.json says running, its process is gone)", job_dir)
     if cfg.trainer.resume and before:
         base["previous_status"] = before
-    if main_rank:
-        write_json(job_dir / "summary.json", base)
+    write_json(job_dir / "summary.json", base)
     if cfg_obj.model.kind == "hf" and (still := embedded_values(cfg_obj)):
         log.warning("model=hf with values sized for the embedded CPU testbed (set them, or use experiment=<name> "
-                    "from conf/experiment/):\n  %s",
+                    "from lpreg/conf/experiment/):\n  %s",
                     "\n  ".join(still))
     wandb_env(root)
     t0 = time.time()
@@ -213,14 +185,13 @@ def main(cfg: DictConfig) -> float:
         elif cfg.trainer.resume:
             log.warning("trainer.resume=true, but %s holds no checkpoint to resume from: starting fresh", job_dir)
         # the tracker exists before the model and task load, so that a bad model or task is tracked too
-        tracker = Tracker() if not main_rank else build_tracker(
-                                cfg_obj.wandb, job_dir, OmegaConf.to_container(cfg, resolve=True),
+        tracker = build_tracker(cfg_obj.wandb, job_dir, OmegaConf.to_container(cfg, resolve=True),
                                 wandb_group(cfg, root, multirun), name=f"{arm}-s{cfg.seed}", job_type=arm,
                                 tags=[f"git:{base['git_revision']}", *cfg.wandb.tags],
                                 run_id=resume.state.get("wandb_run_id") if resume else None,
                                 resume_step=resume.state["step"] if resume else 0)
-        out = train(cfg_obj, job_dir, tracker, resume,
-                    on_eval=pruning.reporter(cfg_obj.sweep, root, cfg.objective.metric))
+        out = backend_train(cfg_obj.backend.name)(cfg_obj, job_dir, tracker, resume,
+                                                  on_eval=pruning.reporter(cfg_obj.sweep, root, cfg.objective.metric))
         summary = {**base, **summarize(out["evals"], out["last"], cfg_obj), "status": "completed"}
         tracker.summary({f"final/{k}": v for k, v in summary["final"].items()}
                         | {f"best/{k}": v for k, v in summary["best"].items()}
@@ -230,7 +201,6 @@ def main(cfg: DictConfig) -> float:
         log.info("job %s pruned: %s", job_dir, err)
     except Exception as err:  # any failure is recorded (summary.json, W&B) before it propagates
         summary = {**base, "status": "failed", "error": redact_text(f"{type(err).__name__}: {err}")}
-        distributed.record_error(err)  # torchrun names this rank and its error when it ends the job
         if not multirun:
             raise
         log.error("job %s failed:\n%s", job_dir, traceback.format_exc())
@@ -241,12 +211,10 @@ def main(cfg: DictConfig) -> float:
             if failed := tracker.failed_mirrors():
                 summary |= {name: "failed" for name in failed} | {f"{n}_error": redact_text(e) for n, e in failed.items()}
         try:
-            if main_rank:
-                write_json(job_dir / "summary.json", summary)
+            write_json(job_dir / "summary.json", summary)
         finally:
-            if lock is not None:
-                runfolder.release(lock)
-    if summary["status"] != "completed" or not main_rank:
+            runfolder.release(lock)
+    if summary["status"] != "completed":
         return math.nan
     print_table(summary)
     print(f"run folder: {job_dir}", flush=True)
@@ -254,4 +222,4 @@ def main(cfg: DictConfig) -> float:
 
 
 if __name__ == "__main__":
-    distributed.launch(main)  # plain main() unless torchrun/SLURM tasks launched this process
+    main()

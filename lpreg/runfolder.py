@@ -11,7 +11,7 @@ Hydra writes ``<job>/.hydra/`` before any lpreg code runs, so a second run refus
 folder's ``.hydra/*.yaml`` (the values of the second command line); every file lpreg writes is protected.
 
 ``summary.json`` carries the same ``pid``/``host``/``start``; :func:`process_gone` tells whether a ``running``
-summary's process has ended without writing a final status (then it ``crashed``: ``lpreg/callbacks.py``).
+summary's process has ended without writing a final status (then it ``crashed``: ``lpreg/harness/callbacks.py``).
 """
 
 from __future__ import annotations
@@ -42,7 +42,7 @@ def fsync_path(path: Path) -> None:
 
 
 def arm(summary: dict) -> str:
-    """The arm a run belongs to in tables and figures: its ``arm`` (set by ``arm=<name>``, conf/arm/) or, for runs
+    """The arm a run belongs to in tables and figures: its ``arm`` (set by ``arm=<name>``, lpreg/conf/arm/) or, for runs
     without one, its regularizer's name."""
     return str(summary.get("arm") or summary.get("regularizer"))
 

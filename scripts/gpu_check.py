@@ -47,7 +47,7 @@ def main() -> int:
     args = ap.parse_args()
     import torch
 
-    from lpreg.models import save_random_qwen3
+    from lpreg.native.models import save_random_qwen3
 
     if not torch.cuda.is_available():
         print("error: no CUDA GPU visible (torch.cuda.is_available() is False)", file=sys.stderr)

@@ -30,10 +30,10 @@ def isolated_env(tmp_path_factory):
 
 def compose_cfg(overrides=()):
     """The resolved config object (as ``run.py`` builds it) for ``overrides``."""
-    from lpreg.config import register_configs
+    from lpreg.harness.config import register_configs
 
     register_configs()
-    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+    with initialize_config_dir(config_dir=str(ROOT / "lpreg" / "conf"), version_base="1.3"):
         cfg = compose(config_name="config", overrides=list(overrides))
     return OmegaConf.to_object(cfg)
 

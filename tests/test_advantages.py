@@ -4,7 +4,7 @@ import math
 
 import torch
 
-from lpreg.advantages import grpo_advantages
+from lpreg.core.advantages import grpo_advantages
 
 
 def test_tv4_grpo_advantages():

@@ -20,7 +20,7 @@ def test_flop_count_uses_the_model_s_matmul_weights(monkeypatch):
     monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
     import vs_trl
 
-    from lpreg.models import load_pretrained
+    from lpreg.native.models import load_pretrained
 
     _, _, path, _ = vs_trl.policy_and_prompts(1)
     model, _ = load_pretrained(path)

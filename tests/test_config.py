@@ -10,19 +10,19 @@ from conftest import ROOT, compose_cfg
 from hydra.errors import ConfigCompositionException
 from omegaconf import MISSING
 
-from lpreg.config import GROUPS, Config, register_configs
-from lpreg.losses import REGULARIZERS
-from lpreg.rollout import ROLLOUTS
+from lpreg.core.losses import REGULARIZERS
+from lpreg.harness.config import GROUPS, Config, register_configs
+from lpreg.native.rollout import ROLLOUTS
 from lpreg.tasks import TASKS
 
 
 def options(group: str) -> list[str]:
-    """The options Hydra offers for ``group`` (ConfigStore and any YAML file under conf/<group>/)."""
+    """The options Hydra offers for ``group`` (ConfigStore and any YAML file under lpreg/conf/<group>/)."""
     from hydra import initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
 
     register_configs()
-    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+    with initialize_config_dir(config_dir=str(ROOT / "lpreg" / "conf"), version_base="1.3"):
         return sorted(GlobalHydra.instance().config_loader().get_group_options(group))
 
 
@@ -38,8 +38,8 @@ def test_every_group_option_composes(group):
 
 
 def test_registries_mirror_config_groups():
-    from lpreg.rollout import hf, vllm  # noqa: F401
-    from lpreg.tasks import arithmetic, math  # noqa: F401
+    from lpreg.native.rollout import hf, vllm  # noqa: F401
+    from lpreg.tasks import arithmetic, countdown, math, spark  # noqa: F401
 
     assert REGULARIZERS.names() == options("regularizer")
     assert TASKS.names() == options("task")
@@ -89,22 +89,23 @@ def yaml_values(path) -> list[tuple[str, object, dataclasses.Field]]:
 
 
 def test_each_value_is_stated_once_and_every_yaml_key_has_a_schema_field():
-    config_yaml = ROOT / "conf" / "config.yaml"
+    config_yaml = ROOT / "lpreg" / "conf" / "config.yaml"
     restated = [(k, v) for k, v, f in yaml_values(config_yaml) if _default(f) is not MISSING]
-    assert not restated, f"conf/config.yaml restates dataclass defaults: {restated}"
-    for path in sorted([*(ROOT / "conf" / "experiment").glob("*.yaml"), *(ROOT / "conf" / "arm").glob("*.yaml")]):
+    assert not restated, f"lpreg/conf/config.yaml restates dataclass defaults: {restated}"
+    conf = ROOT / "lpreg" / "conf"
+    for path in sorted([*(conf / "experiment").glob("*.yaml"), *(conf / "arm").glob("*.yaml")]):
         yaml_values(path)  # every key of an experiment or arm file is a schema field
-    for path in sorted((ROOT / "conf" / "experiment_reg").glob("*/*.yaml")):  # regularizer values of an experiment
+    for path in sorted((ROOT / "lpreg" / "conf" / "experiment_reg").glob("*/*.yaml")):  # regularizer values of an experiment
         fields = _schema_fields(REGULARIZERS.get(path.stem).config)
         assert set(yaml.safe_load(path.read_text())) <= set(fields), path
-        assert (ROOT / "conf" / "experiment" / f"{path.parent.name}.yaml").exists(), path
+        assert (ROOT / "lpreg" / "conf" / "experiment" / f"{path.parent.name}.yaml").exists(), path
     for reg in REGULARIZERS.entries():  # each regularizer's values live in its schema, with a default for each
         assert all(_default(f) is not MISSING for f in dataclasses.fields(reg.config)), reg.name
 
 
-@pytest.mark.parametrize("name", sorted(p.stem for p in (ROOT / "conf" / "experiment").glob("*.yaml")))
+@pytest.mark.parametrize("name", sorted(p.stem for p in (ROOT / "lpreg" / "conf" / "experiment").glob("*.yaml")))
 def test_every_experiment_composes_with_every_regularizer(name):
-    from lpreg.config import embedded_values
+    from lpreg.harness.config import embedded_values
 
     real = name.startswith("qwen")  # the others are named setups of the embedded testbed
     for reg in REGULARIZERS.names():
@@ -117,10 +118,10 @@ def test_every_experiment_composes_with_every_regularizer(name):
 
 
 def test_arms_select_their_regularizer_and_label():
-    """conf/arm/<name>.yaml picks a regularizer (and values); ``arm`` names the run only where two arms share one."""
-    arms = sorted(p.stem for p in (ROOT / "conf" / "arm").glob("*.yaml"))
-    study = yaml.safe_load((ROOT / "conf" / "experiment" / "embedded_study.yaml").read_text())
-    assert sorted(study["hydra"]["sweeper"]["params"]["arm"].split(",")) == arms  # every arm runs in the study
+    """lpreg/conf/arm/<name>.yaml picks a regularizer (and values); ``arm`` names the run only where two arms share one."""
+    arms = sorted(p.stem for p in (ROOT / "lpreg" / "conf" / "arm").glob("*.yaml"))
+    study = yaml.safe_load((ROOT / "lpreg" / "conf" / "experiment" / "embedded_study.yaml").read_text())
+    assert set(study["hydra"]["sweeper"]["params"]["arm"].split(",")) <= set(arms)  # the study's arms are arm files
     for name in arms:
         cfg = compose_cfg([f"arm={name}"])
         assert (cfg.arm or cfg.regularizer.name) == name
@@ -150,7 +151,7 @@ def test_cli_rejects_a_typo_with_hydras_message(tmp_path):
 
 
 def test_embedded_values_are_listed_for_a_real_model():
-    from lpreg.config import embedded_values
+    from lpreg.harness.config import embedded_values
 
     still = embedded_values(compose_cfg(["model=hf", "model.path=/x", "regularizer=lpreg"]))
     assert any(s.startswith("trainer.lr=0.0003") for s in still) and any(s.startswith("regularizer.rho=") for s in still)
@@ -161,15 +162,15 @@ def test_embedded_values_are_listed_for_a_real_model():
 def test_sweeps_compose():
     from hydra import compose, initialize_config_dir
 
-    paths = sorted((ROOT / "sweeps").glob("*.yaml"))
+    paths = sorted((ROOT / "lpreg" / "sweeps").glob("*.yaml"))
     assert {"lpreg_core", "entropy_coef", "clip_higher"} <= {p.stem for p in paths}
     for path in paths:
         cfg = compose_cfg([f"+sweep={path.stem}"])
-        assert cfg.sweep.name == path.stem and cfg.sweep.params
+        assert cfg.sweep.name == path.stem and (cfg.sweep.params or cfg.sweep.protocol)
         for key in cfg.sweep.params:  # every searched key exists in the composed config
             node = cfg
             for part in key.split("."):
                 node = getattr(node, part)
-        with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        with initialize_config_dir(config_dir=str(ROOT / "lpreg" / "conf"), version_base="1.3"):
             full = compose(config_name="config", overrides=[f"+sweep={path.stem}"], return_hydra_config=True)
         assert full.hydra.sweeper._target_.endswith("LpregOptunaSweeper")

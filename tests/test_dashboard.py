@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from conftest import ROOT, run_cli
 
-from lpreg.metrics import METRICS, SECTIONS, SMOOTHING_POINTS, is_template, keys_of, metric_regex
+from lpreg.core.metrics import METRICS, SECTIONS, SMOOTHING_POINTS, is_template, keys_of, metric_regex
 
 # --- the W&B workspace object ------------------------------------------------------------------------------------
 
@@ -36,7 +36,8 @@ def test_every_metric_is_in_exactly_one_section():
     assert len(names) == len(set(names)), "a metric is in two sections"
     assert set(names) == set(METRICS), f"not in METRICS: {set(names) - set(METRICS)}; " \
                                        f"on no dashboard section: {set(METRICS) - set(names)}"
-    assert list(SECTIONS) == ["Entropy collapse", "Accuracy", "Lp-Reg internals", "Optimization", "Samples", "Speed"]
+    assert list(SECTIONS) == ["Entropy collapse", "Accuracy", "Lp-Reg internals", "Optimization", "Sparks", "Samples",
+                              "Speed"]
     assert SECTIONS["Entropy collapse"] == ("policy/entropy", "policy/lowprob_frac", "policy/lowprob_mass",
                                             "policy/lowprob_count", "policy/tail_mass", "policy/sampled_prob_mean")
     assert "lpreg/div_mean" in SECTIONS["Lp-Reg internals"] and "lpreg/k3_mean" not in METRICS

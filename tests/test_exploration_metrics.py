@@ -1,11 +1,11 @@
-"""Low-probability exploration metrics (lpreg/metrics.py): the exact mass below the threshold and the sampled count."""
+"""Low-probability exploration metrics (lpreg/core/metrics.py): the exact mass below the threshold and the sampled count."""
 
 import math
 
 import torch
 
-from lpreg.metrics import lowprob_mass, policy_metrics
-from lpreg.tokens import old_pass_fns
+from lpreg.core.metrics import lowprob_mass, policy_metrics
+from lpreg.native.tokens import old_pass_fns
 
 
 def test_lowprob_mass_by_hand():
@@ -25,7 +25,6 @@ def test_policy_metrics_count_and_mass():
 
 
 def test_the_old_pass_computes_the_mass_only_when_asked():
-    assert "lowprob_mass" not in old_pass_fns(0.02, {})
-    fns = old_pass_fns(0.02, {}, lowprob_threshold=0.08)
+    fns = old_pass_fns(0.02, 0.08, {})
     z = torch.log(torch.tensor([[0.60, 0.25, 0.10, 0.04, 0.01]], dtype=torch.float64))
     assert torch.allclose(fns["lowprob_mass"](z, None, {}), torch.tensor([0.05], dtype=torch.float64))

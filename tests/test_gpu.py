@@ -14,7 +14,7 @@ def test_vllm_rollout_trains_the_tiny_model(tmp_path):
     pytest.importorskip("vllm")
     from conftest import compose_cfg
 
-    from lpreg.models import tiny_policy_path
+    from lpreg.native.models import tiny_policy_path
     from lpreg.tasks import build_task
 
     cfg = compose_cfg()

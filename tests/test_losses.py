@@ -6,11 +6,12 @@ from dataclasses import replace
 import pytest
 import torch
 
-from lpreg.losses import REGULARIZERS, LossInputs, aggregate, fraction_count, k3, masked_mean, select_extreme
-from lpreg.losses.cov import ClipCovConfig, KLCovConfig
-from lpreg.losses.lpreg import LpRegConfig
-from lpreg.losses.ppo import ClipHigherConfig, EntropyConfig, GSPOConfig, HighEntConfig, NoneConfig
-from lpreg.proxy import FILTERED, proxy_distribution, proxy_log_prob, tail_mass
+from lpreg.core.losses import REGULARIZERS, LossInputs, aggregate, fraction_count, k3, masked_mean, select_extreme
+from lpreg.core.losses.cov import ClipCovConfig, KLCovConfig
+from lpreg.core.losses.lpreg import LpRegConfig
+from lpreg.core.losses.ppo import ClipHigherConfig, EntropyConfig, GSPOConfig, HighEntConfig, NoneConfig
+from lpreg.core.proxy import FILTERED, proxy_distribution, proxy_log_prob, tail_mass
+from lpreg.core.reduce import results
 
 LPREG = LpRegConfig(rho=0.5)  # the spec's toy ρ of TV5; every other value is the regularizer's default
 
@@ -20,7 +21,14 @@ def lpreg(**changes) -> LpRegConfig:
 
 
 def get_loss(name):
-    return REGULARIZERS.get(name).loss
+    """Regularizer ``name``'s loss, its metrics as numbers (``lpreg.core.reduce.results``)."""
+    fn = REGULARIZERS.get(name).loss
+
+    def call(inp, cfg):
+        loss, metrics = fn(inp, cfg)
+        return loss, results(metrics)
+
+    return call
 
 
 def declared_targets(name, cfg, logits, tokens):
@@ -125,7 +133,7 @@ def test_tv2_noise_token_gets_only_the_pg_term():
 
 
 def test_tv3_forward_kl():
-    from lpreg.losses.lpreg import forward_kl
+    from lpreg.core.losses.lpreg import forward_kl
 
     old = logits_of([0.60, 0.25, 0.10, 0.04, 0.01])[None]
     assert math.isclose(forward_kl(old, old, 0.02, "minp").item(), 0.0100503, rel_tol=1e-5)
@@ -280,7 +288,7 @@ def test_vectorized_lpreg_matches_slow_loop(seed):
     old = lp + 0.3 * torch.randn(B, T, generator=g, dtype=torch.float64)
     rewards = torch.randint(0, 2, (B // 4, 4), generator=g).double()
     rewards[0] = 1.0  # an all-equal group: zero advantage
-    from lpreg.advantages import grpo_advantages
+    from lpreg.core.advantages import grpo_advantages
 
     adv = grpo_advantages(rewards.flatten(), group_size=4)[:, None].expand(B, T).clone()
     mask = (torch.rand(B, T, generator=g) > 0.2).double()
@@ -407,9 +415,10 @@ def test_every_loss_returns_pg_and_reg_parts_and_a_finite_scalar():
     for reg in REGULARIZERS.entries():
         name, cfg = reg.name, reg.config()
         old_t, new_t = declared_targets(name, cfg, logits, tokens)
+        new_t["spark_log_prob"] = torch.log_softmax(logits, -1)[..., 3]  # a task's decision point (the control's)
         inp = LossInputs(lp, lp.detach() - 0.05, adv, torch.ones(B, T, dtype=torch.float64), old=old_t, new=new_t,
                          rollout=reg.rollout_targets(cfg, lp.detach().flatten(), adv.flatten()))
-        loss, m = reg.loss(inp, cfg)
+        loss, m = get_loss(reg.name)(inp, cfg)
         assert loss.dim() == 0 and torch.isfinite(loss), name
         assert {"loss/pg", "loss/reg", "policy/clipfrac"} <= set(m), name
         assert math.isclose(m["loss/pg"] + m["loss/reg"], loss.item(), rel_tol=1e-6, abs_tol=1e-9), name

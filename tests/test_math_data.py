@@ -109,7 +109,7 @@ def test_shipped_data_are_the_defaults_and_match_their_readme():
     cfg = compose_cfg(["task=math", "task.max_eval=2", "task.max_train=3"])
     assert cfg.task.train_file == f"{MATH_DATA}/dapo_math_train_2000.jsonl"
     task = build_task(cfg.task)
-    sets = {s.source: s for s in task.eval_sets()}
+    sets = {s.source: s for s in task.eval_sets("test")}
     assert list(sets) == ["aime24", "aime25", "math500", "minerva", "olympiadbench"]
     assert set(cfg.task.sampled_sources) <= set(sets)
     assert sets["aime24"].protocol == "sampled" and sets["aime24"].samples == 16 and sets["math500"].protocol == "greedy"
@@ -122,8 +122,9 @@ def test_shipped_data_are_the_defaults_and_match_their_readme():
 
 
 def test_shipped_files_are_package_data():
-    section = (ROOT / "pyproject.toml").read_text().split("[tool.setuptools.package-data]")[1]
-    globs = re.findall(r'"([^"]+)"', re.search(r"^lpreg = \[(.*)\]$", section, re.M).group(1))
+    import tomllib
+
+    globs = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]["lpreg"]
     assert "data/math/*.jsonl" in globs
     for path in SHIPPED.iterdir():
         rel = str(path.relative_to(ROOT / "lpreg"))
@@ -137,10 +138,10 @@ def test_user_files_by_absolute_and_relative_path(tmp_path, monkeypatch):
     (data / "ev.jsonl").write_text(json.dumps({"problem": "2+2?", "answer": "4.", "data_source": "toy"}) + "\n")
     monkeypatch.chdir(tmp_path)
     cfg = compose_cfg(["task=math", "task.train_file=mine/train.jsonl", f"task.eval_files=[{data / 'ev.jsonl'}]",
-                       "task.sampled_sources=[toy]"])
+                       "task.sampled_sources=[toy]", "task.n_validation=0"])
     task = build_task(cfg.task)
     assert [p.answer for p in task.train_problems()] == ["2"] and task.train_problems()[0].source == "train"
-    (evs,) = task.eval_sets()
+    (evs,) = task.eval_sets("test")
     assert evs.source == "toy" and evs.protocol == "sampled" and evs.problems[0].answer == "4"
 
 
@@ -210,10 +211,10 @@ def test_prepare_converts_each_hub_layout(tmp_path, monkeypatch, capsys):
         assert sums[source.filename] == hashlib.sha256((tmp_path / source.filename).read_bytes()).hexdigest()
     cfg = compose_cfg(["task=math", f"task.train_file={tmp_path / 'dapo_math_17k.jsonl'}",
                        f"task.eval_files=[{','.join(str(tmp_path / n) for n in ['aime24.jsonl', 'minerva.jsonl'])}]",
-                       "task.sampled_sources=[aime24]"])
+                       "task.sampled_sources=[aime24]", "task.n_validation=1"])
     task = build_task(cfg.task)
-    assert [s.source for s in task.eval_sets()] == ["aime24", "minerva"]
-    assert task.eval_sets()[1].problems[0].answer == "4.5 \\times 10^{33}"
+    assert [s.source for s in task.eval_sets("test")] == ["aime24", "minerva"]
+    assert task.eval_sets("test")[1].problems[0].answer == "4.5 \\times 10^{33}"
 
 
 def test_prepare_refuses_a_dapo_row_without_its_wrapper(tmp_path, monkeypatch):

@@ -3,7 +3,7 @@
 import torch
 from conftest import compose_cfg
 
-from lpreg.models import build_char_tokenizer, build_tiny_model, load_pretrained
+from lpreg.native.models import build_char_tokenizer, build_tiny_model, load_pretrained
 from lpreg.tasks import build_task
 from lpreg.tasks.math import grade, last_boxed
 
@@ -50,7 +50,7 @@ def test_arithmetic_reward_and_splits():
     assert task.reward(str(a + b + 1), p, finished=True) == 0.0  # wrong
     assert task.reward(p.answer, p, finished=False) == 0.0  # missing end token
     assert task.reward("x+=", p, finished=True) == 0.0  # garbage
-    test = task.eval_sets()[0].problems
+    test = task.eval_sets("test")[0].problems
     assert len(test) == 500 and not {q.prompt for q in test} & {q.prompt for q in task.train_problems()}
 
 
@@ -65,7 +65,7 @@ def test_math_grading():
 def test_math_task_reads_the_shipped_data():
     cfg = compose_cfg(["task=math", "task.max_eval=3", "task.max_train=5"])
     task = build_task(cfg.task)
-    sets = {s.source: s for s in task.eval_sets()}
+    sets = {s.source: s for s in task.eval_sets("test")}
     assert set(sets) == {"aime24", "aime25", "math500", "minerva", "olympiadbench"}
     assert sets["aime24"].protocol == "sampled" and sets["aime24"].samples == 16 and sets["math500"].protocol == "greedy"
     p = task.train_problems()[0]
@@ -73,9 +73,9 @@ def test_math_task_reads_the_shipped_data():
 
 
 def test_warmup_builds_once_and_is_cached(tmp_path):
-    from lpreg.models import ASSETS, tiny_policy_path
+    from lpreg.native.models import ASSETS, tiny_policy_path
 
-    cfg = compose_cfg(["model.warmup_steps=20"])
+    cfg = compose_cfg(["task.warmup_steps=20"])
     task = build_task(cfg.task)
     path = tiny_policy_path(cfg.model, task, cache_dir=tmp_path)
     assert path.parent == tmp_path and (path / "warmup.json").exists()

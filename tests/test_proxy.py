@@ -1,13 +1,12 @@
-"""The proxy filters of lpreg/proxy.py (regularizer.proxy) against hand-computed vectors, on [n, V] chunks."""
+"""The proxy filters of lpreg/core/proxy.py (regularizer.proxy) against hand-computed vectors, on [n, V] chunks."""
 
 import math
 
 import pytest
 import torch
-from omegaconf import OmegaConf
 
-from lpreg.losses.lpreg import LpRegConfig, old_targets, proxy_param
-from lpreg.proxy import FILTERED, proxy_distribution, proxy_log_prob, proxy_support, survivors
+from lpreg.core.losses.lpreg import LpRegConfig, old_targets, proxy_param
+from lpreg.core.proxy import FILTERED, proxy_distribution, proxy_log_prob, proxy_support, survivors
 
 P = [0.60, 0.25, 0.10, 0.04, 0.01]  # H = 1.058134 nats, exp(-H) = 0.347103
 
@@ -68,25 +67,13 @@ def test_every_kind_works_on_a_chunk_as_the_token_pass_calls_it(kind):
     assert torch.allclose(q.sum(-1), torch.ones(7)) and torch.equal(fns["proxy_idx"](z, y, {}), idx)
 
 
-def test_unknown_proxy_names_the_key():
-    with pytest.raises(ValueError, match="regularizer.proxy='top_p' is not one of"):
-        proxy_param(LpRegConfig(proxy="top_p"))
+def test_an_unknown_proxy_is_refused_when_the_config_is_composed():
+    from conftest import compose_cfg
+
+    from lpreg.checks import ConfigValueError
+
+    with pytest.raises(ConfigValueError, match="regularizer.proxy='top_p' is not a valid choice; valid choices: minp"):
+        compose_cfg(["regularizer=lpreg", "regularizer.proxy=top_p"])
     with pytest.raises(ValueError, match="regularizer.proxy"):
         survivors(torch.zeros(1, 3), 0.1, "nucleus")
     assert math.isclose(proxy_param(LpRegConfig()), 0.02)
-
-
-def test_the_proxy_sweep_visits_each_filter_once(tmp_path):
-    import optuna
-
-    from hydra_plugins.lpreg_sweeper.optuna_sweeper import make_sampler, open_study, suggest
-    from lpreg.config import ROOT, SweepConfig
-
-    sweep = OmegaConf.merge(OmegaConf.structured(SweepConfig), OmegaConf.load(ROOT / "sweeps" / "proxy.yaml").sweep)
-    study = open_study(sweep, f"sqlite:///{tmp_path}/s.db")
-    picked = [suggest(study.ask(), k, dict(v)) for _ in range(sweep.n_trials) for k, v in sweep.params.items()]
-    assert sorted(picked) == sorted(["minp", "fixed", "topp", "topk", "eta"])
-    bad = OmegaConf.merge(sweep, {"params": {"regularizer.kappa": {"type": "float", "low": 0.01, "high": 0.1}}})
-    with pytest.raises(ValueError, match="sweep.sampler=grid needs categorical sweep.params; regularizer.kappa"):
-        make_sampler(bad)
-    assert isinstance(make_sampler(OmegaConf.merge(sweep, {"sampler": "tpe"})), optuna.samplers.TPESampler)

@@ -1,9 +1,11 @@
-"""The reward call (lpreg/rewards.py): adversarial outputs are cut at the budget, workers are replaced, the cache
-counts hits, and no grading process outlives its grader. Times are bounded generously ("no hang"); the speed
-itself is measured by ``benchmarks/rewards.py``.
+"""The reward call (lpreg/rewards.py): the screen refuses adversarial answers before the pool, what passes it is cut
+at the budget, a call ends at its deadline, workers are replaced, the cache counts hits, and no grading process
+outlives its grader. Times are bounded generously ("no hang"); the speed itself is measured by
+``benchmarks/rewards.py``.
 """
 
 import json
+import math
 import multiprocessing as mp
 import os
 import signal
@@ -14,18 +16,21 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 from conftest import FAST, compose_cfg
 
-from lpreg.config import ArithmeticTaskConfig, MathTaskConfig
-from lpreg.rewards import RewardCache, RewardGrader
-from lpreg.tasks import Problem, Task
+from lpreg.core.metrics import METRICS, is_runtime
+from lpreg.harness.config import ArithmeticTaskConfig, MathTaskConfig
+from lpreg.rewards import DEADLINE, REJECTED, RewardCache, RewardGrader
+from lpreg.tasks import Problem, Task, screen
 from lpreg.tasks.arithmetic import Arithmetic
 from lpreg.tasks.math import MathTask
 
 BUDGET_S = MathTaskConfig.reward_timeout_s
+# Grading as it was before the screen: no bound, math-verify's own 5 s limits. What the budget alone must hold.
+NO_SCREEN = {**{f"screen_max_{q}": math.inf for q in screen.QUANTITIES}, "parse_timeout_s": 5, "verify_timeout_s": 5}
 # Correct responses (gold, response): the exact string and forms that need math-verify.
 CORRECT = [("204", "I get \\boxed{204}"), ("\\frac{1}{2}", "\\boxed{0.5}"), ("\\frac{1}{2}", "\\boxed{\\dfrac12}"),
            ("\\left( 3, \\frac{\\pi}{2} \\right)", "so \\boxed{(3,\\frac{\\pi}{2})}"), ("2\\sqrt{2}", "\\boxed{\\sqrt{8}}"),
            ("x^2+1", "\\boxed{1+x^2}"), ("70", "\\boxed{ 70 }"), ("[1,3)", "\\boxed{[1, 3)}")]
-# Each takes math-verify's full 5 s in process (measured; see the issue): the budget must cut them.
+# Each takes math-verify's full 5 s in process without the screen (measured): the budget must cut them.
 SLOW = ["\\boxed{9^{9^{9^{99}}}}", "\\boxed{10^{10^{10}}!}"]
 OTHER_ADVERSARIAL = [
     "\\boxed{" + "(" * 200 + "1" + ")" * 200 + "}",  # 200 nested parentheses
@@ -38,6 +43,16 @@ OTHER_ADVERSARIAL = [
     "\\boxed{\x00\xff\x01\ufffd\x7f garbage}",  # binary garbage
     "\\boxed{}",  # an empty box
 ]
+
+
+class SleepyTask(Task):
+    """A reward that takes as many seconds as the response's first word says, then scores 1."""
+
+    name = "sleepy"
+
+    def reward(self, response, problem, finished):
+        time.sleep(float(response.split()[0]))
+        return 1.0
 
 
 class ExitingTask(Task):
@@ -59,8 +74,11 @@ def math_task(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def grader(tmp_path_factory):
-    task = math_task(tmp_path_factory)
-    with RewardGrader(task, MathTaskConfig(train_file="", reward_workers=2)) as g:
+    """Two workers grading math without the screen, so that adversarial answers reach math-verify."""
+    path = tmp_path_factory.mktemp("data") / "train.jsonl"
+    path.write_text(json.dumps({"problem": "1+1?", "answer": "2"}) + "\n")
+    cfg = MathTaskConfig(train_file=str(path), reward_workers=2, **NO_SCREEN)
+    with RewardGrader(MathTask(cfg), cfg) as g:
         g.wait_ready()
         yield g
 
@@ -173,20 +191,23 @@ def test_pool_grades_like_the_task_in_process():
 
 
 def test_a_run_with_the_pool_logs_reward_metrics_and_leaves_no_workers(tmp_path):
-    from lpreg.tracking import LocalStore
-    from lpreg.trainer import train
+    from lpreg.harness.tracking import LocalStore
+    from lpreg.native.trainer import train
 
     before = reward_workers_alive()
     cfg = compose_cfg([*FAST, "trainer.steps=1", "eval.at_start=false", "eval.samples=0", "task.reward_workers=1"])
     train(cfg, tmp_path, LocalStore(tmp_path))
     row = json.loads((tmp_path / "timing.jsonl").read_text().splitlines()[0])  # process-dependent counts
     assert row["train/reward_timeouts"] == 0 and 0 <= row["train/reward_cache_hit"] <= 1
+    assert row["train/reward_deadline_cut"] == 0 and "train/reward_rejected" not in row
+    metrics = json.loads((tmp_path / "metrics.jsonl").read_text().splitlines()[0])  # the response-determined count
+    assert metrics["train/reward_rejected"] == 0 and "train/reward_deadline_cut" not in metrics
     assert reward_workers_alive() <= before
 
 
 def test_a_run_that_raises_leaves_no_workers(tmp_path, monkeypatch):
-    from lpreg import trainer
-    from lpreg.tracking import LocalStore
+    from lpreg.harness.tracking import LocalStore
+    from lpreg.native import trainer
 
     def boom(*args, **kwargs):
         raise RuntimeError("model load failed")
@@ -206,3 +227,80 @@ def test_arithmetic_grades_in_process_by_default():
         assert g.pool is None
         p = task.train_problems()[0]
         assert g.grade([p.answer, p.answer], [p, p], [True, False]).rewards == [1.0, 0.0]
+
+
+# ---- the screen before the pool, and the batch deadline ---------------------------------------------------------
+
+
+def test_the_screen_refuses_adversarial_answers_before_any_worker_sees_them(tmp_path_factory):
+    task = math_task(tmp_path_factory)
+    adversarial = SLOW + OTHER_ADVERSARIAL
+    texts = [r for _, r in CORRECT] + adversarial
+    problems = [Problem("p", g, "t") for g, _ in CORRECT] + [Problem("p", "42", "t")] * len(adversarial)
+    with RewardGrader(task, MathTaskConfig(train_file="", reward_workers=1, reward_cache_size=0)) as g:
+        g.wait_ready()
+        t0 = time.perf_counter()
+        grades = run_with_timeout(lambda: g.grade(texts, problems, [True] * len(texts)), 60)
+        elapsed = time.perf_counter() - t0
+    assert grades.rewards == [1.0] * len(CORRECT) + [0.0] * len(adversarial)
+    refused = grades.flagged(REJECTED)
+    # all but the unbalanced and the empty box (no answer to parse) and the short garbage (5 odd characters, within
+    # task.screen_max_non_ascii; math-verify refuses it in milliseconds)
+    assert [texts[i] for i in refused] == [t for t in adversarial if t not in OTHER_ADVERSARIAL[-3:]]
+    assert grades.timed_out == [] and grades.restarts == 0
+    assert elapsed < BUDGET_S  # the budget alone needed BUDGET_S for each of SLOW
+    assert grades.metrics()["train/reward_rejected"] == len(refused)
+    rows = grades.flagged_rows(problems, texts)
+    assert len(rows) == len(refused) and all(list(r) == list(rows[0]) for r in rows)  # one table, same columns
+    assert {r["flag"] for r in rows} == {REJECTED} and rows[0]["reason"].startswith("exponent")
+
+
+def test_the_metrics_of_the_flags_are_catalogued_where_they_belong():
+    for name in ("train/reward_rejected", "train/reward_timeouts", "train/reward_deadline_cut"):
+        assert name in METRICS
+    assert not is_runtime("train/reward_rejected")  # the same responses give the same count: metrics.jsonl
+    assert is_runtime("train/reward_deadline_cut") and is_runtime("train/reward_timeouts")  # load-dependent
+
+
+@pytest.mark.parametrize("workers", [1, 0], ids=["pool", "in process"])
+def test_the_batch_deadline_cuts_the_rest_of_the_call_and_counts_it(workers):
+    deadline, each = 1.0, 0.3
+    texts = [f"{each} #{i}" for i in range(12)]  # distinct: 3.6 s of grading in all
+    problems = [Problem("p", "1", "t")] * len(texts)
+    cfg = ArithmeticTaskConfig(reward_workers=workers, reward_batch_deadline_s=deadline)
+    with RewardGrader(SleepyTask(), cfg) as g:
+        g.wait_ready()
+        t0 = time.perf_counter()
+        grades = run_with_timeout(lambda: g.grade(texts, problems, [True] * len(texts)), 60)
+        elapsed = time.perf_counter() - t0
+        cut = grades.flagged(DEADLINE)
+        assert 0 < len(cut) < len(texts) and cut == list(range(len(texts) - len(cut), len(texts)))  # the rest
+        assert [grades.rewards[i] for i in cut] == [0.0] * len(cut) and sum(grades.rewards) == len(texts) - len(cut)
+        assert elapsed < deadline + each + 1.0  # the bound: the deadline plus one response's grading
+        assert grades.metrics()["train/reward_deadline_cut"] == len(cut)
+        assert {r["flag"] for r in grades.flagged_rows(problems, texts)} == {DEADLINE}
+        again = g.grade([texts[i] for i in cut[:2]], problems[:2], [True, True])  # a cut response was not cached
+        assert again.cache_hits == 0 and again.rewards == [1.0, 1.0]
+
+
+def test_a_response_being_graded_at_the_deadline_finishes_within_its_budget():
+    texts = ["1.5 slow", "0.1 a", "0.1 b"]
+    problems = [Problem("p", "1", "t")] * 3
+    with RewardGrader(SleepyTask(), ArithmeticTaskConfig(reward_workers=1, reward_batch_deadline_s=0.5)) as g:
+        g.wait_ready()
+        t0 = time.perf_counter()
+        grades = run_with_timeout(lambda: g.grade(texts, problems, [True] * 3), 60)
+        elapsed = time.perf_counter() - t0
+    assert grades.rewards == [1.0, 0.0, 0.0] and grades.flagged(DEADLINE) == [1, 2] and grades.timed_out == []
+    assert 1.5 <= elapsed < 0.5 + BUDGET_S
+
+
+def test_answers_inside_every_bound_end_within_math_verify_s_limits_not_the_budget(tmp_path_factory):
+    """Slow for math-verify yet inside the screen's bounds: its own time limits stop them before the pool's budget."""
+    within = ["\\boxed{(x+1)^{1000}}", "\\boxed{" + "(" * 10 + "1" + ")" * 10 + "}",
+              "\\boxed{" + "\\frac{1}{" * 9 + "2" + "}" * 9 + "}"]
+    task = math_task(tmp_path_factory)
+    with RewardGrader(task, MathTaskConfig(train_file="", reward_workers=2, reward_cache_size=0)) as g:
+        g.wait_ready()
+        grades = run_with_timeout(lambda: g.grade(within, [Problem("p", "42", "t")] * 3, [True] * 3), 60)
+    assert grades.rewards == [0.0] * 3 and grades.flags == {} and grades.restarts == 0

@@ -1,10 +1,10 @@
-"""The learning-rate warm-up (lpreg/schedule.py): its values, and a resumed run equal to an uninterrupted one."""
+"""The learning-rate warm-up (lpreg/native/schedule.py): its values, and a resumed run equal to an uninterrupted one."""
 
 import pytest
 import torch
 from conftest import FAST, compose_cfg
 
-from lpreg.schedule import apply_lr, warmup_factor
+from lpreg.native.schedule import apply_lr, warmup_factor
 
 
 def test_warmup_factor_is_linear_then_constant():
@@ -22,6 +22,7 @@ def test_apply_lr_leaves_the_optimizer_alone_when_off():
     assert opt.param_groups[0]["lr"] == pytest.approx(2.5e-4)
 
 
+@pytest.mark.slow
 def test_warmup_values_logged_and_resume_equals_uninterrupted(tmp_path):
     from test_trainer import read_jsonl, run_train
 

@@ -11,7 +11,7 @@ import pytest
 import torch
 from conftest import run_cli
 
-from lpreg import checkpoint
+from lpreg.native import checkpoint
 from lpreg.redact import MASK, is_secret_key, mask_url, redact, redact_text
 
 PASSWORD = "pw-7Qz9-leak"  # the password of a storage URL
@@ -84,7 +84,7 @@ def test_sweep_storage_comes_from_the_environment_and_never_reaches_jobs(tmp_pat
     from omegaconf import OmegaConf
 
     from hydra_plugins.lpreg_sweeper.optuna_sweeper import job_overrides
-    from lpreg.pruning import storage_url
+    from lpreg.harness.pruning import storage_url
 
     sweep = OmegaConf.create({"name": "s", "storage": None})
     url = f"postgresql://u:{PASSWORD}@h/db"
@@ -151,8 +151,8 @@ def test_a_sweep_and_a_multirun_write_no_secret_in_any_file(tmp_path, monkeypatc
 
 
 def tiny_model():
-    from lpreg.config import TinyModelConfig
-    from lpreg.models import build_char_tokenizer, build_tiny_model
+    from lpreg.harness.config import TinyModelConfig
+    from lpreg.native.models import build_char_tokenizer, build_tiny_model
 
     tok = build_char_tokenizer()
     cfg = TinyModelConfig(hidden_size=16, intermediate_size=32, num_layers=1, num_heads=2)
@@ -168,7 +168,7 @@ def trainer_state(model, sampler) -> dict:
 
 
 def test_checkpoint_round_trips_without_pickle(tmp_path):
-    from lpreg.trainer import PromptSampler
+    from lpreg.native.trainer import PromptSampler
 
     model, tok = tiny_model()
     sampler = PromptSampler(50, seed=3)
@@ -185,7 +185,7 @@ def test_checkpoint_round_trips_without_pickle(tmp_path):
 
 
 def test_a_checkpoint_of_the_previous_format_is_migrated(tmp_path):
-    from lpreg.trainer import PromptSampler
+    from lpreg.native.trainer import PromptSampler
 
     old = PromptSampler(50, seed=5)
     old.next(3)
@@ -253,7 +253,7 @@ def assert_inert(md: str, n_lines: int, n_cols: int) -> None:
 
 
 def test_markdown_tables_escape_run_names_config_values_and_samples(tmp_path):
-    from lpreg.callbacks import COLUMNS, write_summary
+    from lpreg.harness.callbacks import COLUMNS, write_summary
     from lpreg.mdtable import md_cell
 
     for name, reg in (("0_lpreg_s0", "lpreg"), ("1_" + MARKUP.replace("/", "_"), MARKUP)):

@@ -11,9 +11,9 @@ import sys
 import pandas as pd
 import pytest
 from conftest import ROOT, run_cli
+from scipy.stats import t as student_t
 
 from analysis.load import Runs
-from analysis.stats import t_quantile
 from analysis.study import claims, detectable, paired, run_features
 
 ARMS = ["none", "entropy", "entropy_large", "clip_higher", "lpreg", "highent_8020"]
@@ -57,15 +57,15 @@ def test_features_and_paired_differences_are_the_hand_computed_ones():
 
 def test_detectable_difference_is_the_t_interval_half_width():
     runs = fake_runs({"none": (0.5, 0.1, 0.60), "lpreg": (0.5, 0.3, 0.66)})
-    for run, s in runs.summaries.items():  # give lpreg seed-dependent noise: differences 0, .02, -.02, .04, -.04
+    for s in runs.summaries.values():  # give lpreg seed-dependent noise: differences 0, .02, -.02, .04, -.04
         if s["arm"] == "lpreg":
             s["last_mean"]["eval/mean"] += [0, 0.02, -0.02, 0.04, -0.04][s["seed"]]
     half = detectable(run_features(runs))
     expected_sd = statistics.stdev([0.06, 0.08, 0.04, 0.10, 0.02])
-    assert half == pytest.approx({"lpreg": t_quantile(0.975, 4) * expected_sd / math.sqrt(5)})
+    assert half == pytest.approx({"lpreg": student_t.ppf(0.975, 4) * expected_sd / math.sqrt(5)})
     # at 80% power: (t_{4, .975} + t_{4, .8}) * SD / sqrt(5); t_{4, .8} = 0.9410 (tables)
     mdd = detectable(run_features(runs), power=0.8)
-    assert mdd["lpreg"] == pytest.approx((t_quantile(0.975, 4) + 0.9410) * expected_sd / math.sqrt(5), rel=1e-4)
+    assert mdd["lpreg"] == pytest.approx((student_t.ppf(0.975, 4) + 0.9410) * expected_sd / math.sqrt(5), rel=1e-4)
     assert detectable(run_features(fake_runs({"none": (0.5, 0.1, 0.6), "lpreg": (0.5, 0.3, 0.66)}, seeds=(0, 1)))) == {}
 
 

@@ -1,4 +1,4 @@
-"""The chunked token pass (lpreg/tokens.py): chunked = unchunked, micro-batching never changes the loss, the sparse
+"""The chunked token pass (lpreg/native/tokens.py): chunked = unchunked, micro-batching never changes the loss, the sparse
 forward KL equals the dense one, regularizers declare their own targets, padding never reaches the head."""
 
 import math
@@ -8,13 +8,14 @@ import pytest
 import torch
 from conftest import compose_cfg
 
-from lpreg import tokens, trainer
-from lpreg.losses import REGULARIZERS, LossInputs, PPOClipConfig, aggregate, pg_metrics, register
-from lpreg.losses.lpreg import forward_kl, sparse_forward_kl
-from lpreg.metrics import token_entropy
-from lpreg.models import build_tiny_model
-from lpreg.proxy import proxy_log_prob, proxy_support, tail_mass
-from lpreg.rollout import Generation
+from lpreg.core.losses import REGULARIZERS, LossInputs, PPOClipConfig, aggregate, pg_metrics, register
+from lpreg.core.losses.lpreg import forward_kl, sparse_forward_kl
+from lpreg.core.metrics import token_entropy
+from lpreg.core.proxy import proxy_log_prob, proxy_support, tail_mass
+from lpreg.core.reduce import Mean
+from lpreg.native import decision, tokens, trainer
+from lpreg.native.models import build_tiny_model
+from lpreg.native.rollout import Generation
 
 B, P, R, V = 8, 6, 9, 64
 
@@ -53,7 +54,7 @@ def dense_logits(model, gen: Generation) -> torch.Tensor:
 def test_chunked_pass_equals_the_unchunked_computation(chunk):
     model, (gen, _) = tiny_model(), rollout()
     cfg = replace(REGULARIZERS.get("lpreg").config(), divergence="forward_kl")
-    fns = tokens.old_pass_fns(0.02, REGULARIZERS.get("lpreg").old_targets(cfg))
+    fns = tokens.old_pass_fns(0.02, 0.1, REGULARIZERS.get("lpreg").old_targets(cfg))
     with torch.no_grad():
         mb = tokens.plan(gen, slice(0, B), 0)[0]
         got = tokens.per_token(model, mb, 0.7, chunk, fns)
@@ -68,6 +69,9 @@ def test_chunked_pass_equals_the_unchunked_computation(chunk):
     torch.testing.assert_close(sparse_forward_kl(got["proxy_q"], logp), forward_kl(z, z, 0.02, "minp"))
 
 
+SPARK_ID = 5  # a token standing in for a task's spark, so that the positive control has its target
+
+
 def minibatch_loss_and_grad(name: str, changes: dict, budget: int, chunk: int, model=None):
     """The trainer's update of one on-policy mini-batch (lr 0, no clipping): its loss and the parameter gradient."""
     model = model or tiny_model()
@@ -77,12 +81,13 @@ def minibatch_loss_and_grad(name: str, changes: dict, budget: int, chunk: int, m
     gen, adv = rollout()
     reg = REGULARIZERS.get(name)
     minis = trainer.micro_batches(gen, cfg)
-    olds = trainer.old_pass(model, gen, minis, tokens.old_pass_fns(0.02, reg.old_targets(cfg.regularizer)), cfg)
+    olds = trainer.old_pass(model, minis, tokens.old_pass_fns(0.02, 0.1, reg.old_targets(cfg.regularizer)), cfg)
     roll = reg.rollout_targets(cfg.regularizer, trainer.rollout_flat(olds, "log_prob"), adv[gen.response_mask > 0])
     opt = torch.optim.SGD(model.parameters(), lr=0.0)
     torch.manual_seed(1)  # Clip-Cov draws its tokens from torch's RNG
-    m = trainer.update(model, opt, minis, olds, adv, roll, reg, cfg)
-    return m["loss/total"], torch.cat([p.grad.flatten() for p in model.parameters()]), len(minis[0])
+    new_fns = {**reg.new_targets(cfg.regularizer), **decision.targets(SPARK_ID)}  # a decision point for the control
+    m = trainer.update(model, opt, minis, olds, adv, roll, reg, cfg, new_fns)
+    return m["loss/total"], torch.cat([p.grad.flatten() for p in model.parameters()]), len(minis[0]), m
 
 
 def padded_budget(n_micro: int) -> int:
@@ -95,14 +100,24 @@ def padded_budget(n_micro: int) -> int:
 
 
 @pytest.mark.parametrize("name,changes", [("none", {}), ("entropy", {"entropy_coef": 0.3}), ("clip_higher", {}),
-                                          ("gspo", {}), ("lpreg", {"scope": "batch", "rho": 0.3})])
-def test_micro_batching_never_changes_the_loss_or_the_gradient(name, changes):
+                                          ("gspo", {}), ("lpreg", {"scope": "batch", "rho": 0.9, "kappa": 0.3})])
+def test_micro_batching_never_changes_the_loss_the_gradient_or_a_diagnostic(name, changes):
+    """1, 2 and 5 micro-batches of one update: the same loss, gradient and every logged diagnostic (counts summed,
+    token means over the whole mini-batch, maxima: lpreg/core/reduce.py)."""
     results = {n: minibatch_loss_and_grad(name, changes, padded_budget(n) if n > 1 else 0, 7) for n in (1, 2, 5)}
     assert [r[2] for r in results.values()] == [1, 2, 5]
+    one = results[1][3]
     for n in (2, 5):
         assert math.isclose(results[n][0], results[1][0], rel_tol=1e-9, abs_tol=1e-12), (name, n)
         torch.testing.assert_close(results[n][1], results[1][1], rtol=1e-8, atol=1e-12)
+        assert set(results[n][3]) == set(one)
+        for key, value in one.items():
+            other = results[n][3][key]
+            assert (math.isnan(value) and math.isnan(other)) or math.isclose(other, value, rel_tol=1e-9,
+                                                                              abs_tol=1e-12), (name, n, key)
     assert results[1][1].abs().sum() > 0
+    if name == "lpreg":
+        assert one["lpreg/regularized"] > 1 and one["lpreg/candidates"] > 1  # counts that a mean would have cut
 
 
 @pytest.mark.parametrize("name", sorted(r.name for r in REGULARIZERS.entries()))
@@ -111,7 +126,7 @@ def test_every_regularizer_gives_the_same_loss_and_gradient_for_any_chunk(name):
                "clip_cov": {"clip_ratio": 0.2}, "entropy": {"entropy_coef": 0.3}}.get(name, {})
     base = minibatch_loss_and_grad(name, changes, 0, 10_000)
     for chunk in (1, 7):
-        loss, grad, _ = minibatch_loss_and_grad(name, changes, 0, chunk)
+        loss, grad, _, _ = minibatch_loss_and_grad(name, changes, 0, chunk)
         assert math.isclose(loss, base[0], rel_tol=1e-9, abs_tol=1e-12), (name, chunk)
         torch.testing.assert_close(grad, base[1], rtol=1e-8, atol=1e-12)
 
@@ -134,10 +149,10 @@ def test_lpreg_forward_kl_sparse_target_equals_the_dense_divergence():
 @pytest.fixture
 def max_logit_regularizer():
     """A regularizer defined in the test, with a per-token target of its own (from the current logits): it only
-    touches its own code, as lpreg/losses documents."""
+    touches its own code, as lpreg/core/losses documents."""
     from dataclasses import dataclass
 
-    from lpreg.config import register_configs
+    from lpreg.harness.config import register_configs
 
     @dataclass
     class MaxLogitConfig(PPOClipConfig):
@@ -152,8 +167,9 @@ def max_logit_regularizer():
         reg = cfg.coef * aggregate(inp.new["max_logit"], inp.response_mask, cfg.loss_agg, inp.norm)
         pg = aggregate(-inp.advantages * torch.exp(inp.log_prob - inp.old_log_prob), inp.response_mask, cfg.loss_agg,
                        inp.norm)
-        metrics = pg_metrics(pg, reg, torch.zeros(()))
-        metrics["test/max_logit"] = inp.new["max_logit"][inp.response_mask > 0].mean().item()
+        metrics = pg_metrics(pg, reg, Mean(0.0, float(inp.response_mask.sum())))
+        values = inp.new["max_logit"][inp.response_mask > 0]
+        metrics["test/max_logit"] = Mean(values.sum().item(), float(values.numel()))
         return pg + reg, metrics
 
     register_configs()
@@ -177,7 +193,7 @@ def test_no_padding_reaches_the_head_and_on_policy_lpreg_adds_no_forward(monkeyp
     model.get_output_embeddings().register_forward_hook(lambda mod, inp, out: rows.append(inp[0].shape[0]))
     real_hidden = tokens.hidden
     monkeypatch.setattr(tokens, "hidden", lambda *a, **k: decoder_calls.append(1) or real_hidden(*a, **k))
-    loss, grad, _ = minibatch_loss_and_grad("lpreg", {"rho": 0.3}, 0, 7, model=model)
+    loss, grad, _, _ = minibatch_loss_and_grad("lpreg", {"rho": 0.3}, 0, 7, model=model)
     gen, _ = rollout()
     n = int(gen.response_mask.sum())
     assert len(decoder_calls) == 2  # one no-grad pass of π_old (old log-probs, metrics, proxy) + one training pass
@@ -188,11 +204,11 @@ def test_no_padding_reaches_the_head_and_on_policy_lpreg_adds_no_forward(monkeyp
 def test_sparse_targets_of_different_widths_per_chunk_are_padded():
     """π_old's survivor lists differ in length between chunks (a peaked chunk, a flat one): the per-token values of
     the micro-batch pad them with zeros (index 0, probability 0), which add nothing to the forward KL."""
-    from lpreg.losses.lpreg import old_targets
+    from lpreg.core.losses.lpreg import old_targets
 
     model, (gen, _) = tiny_model(), rollout()
     cfg = replace(REGULARIZERS.get("lpreg").config(), divergence="forward_kl")
-    fns = tokens.old_pass_fns(0.02, old_targets(cfg))
+    fns = tokens.old_pass_fns(0.02, 0.1, old_targets(cfg))
     with torch.no_grad():
         mb = tokens.plan(gen, slice(0, B), 0)[0]
         whole = tokens.per_token(model, mb, 5.0, 0, fns)  # a high temperature: flat rows, many survivors

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from conftest import run_cli
 
-from lpreg.tracking import LocalStore
+from lpreg.harness.tracking import LocalStore
 
 TINY = ["trainer.steps=2", "trainer.prompts_per_step=4", "eval.every=1", "eval.samples=0",
         "metrics.samples_every=1"]
@@ -27,11 +27,11 @@ def run_in_process(monkeypatch, tmp_path, overrides):
     """``lpreg.run.main`` in this process with the tracker replaced; returns the exit codes it finished with."""
     import sys
 
+    import lpreg.harness.tracking
     import lpreg.run
-    import lpreg.tracking
 
     FakeTracker.finished = []
-    monkeypatch.setattr(lpreg.tracking, "build_tracker", lambda cfg, job_dir, *a, **k: FakeTracker(job_dir))
+    monkeypatch.setattr(lpreg.harness.tracking, "build_tracker", lambda cfg, job_dir, *a, **k: FakeTracker(job_dir))
     monkeypatch.setattr(sys, "argv", ["lpreg.run", *overrides, f"hydra.run.dir={tmp_path}/run"])
     with pytest.raises(SystemExit) if any("nonexistent" in o for o in overrides) else _nothing():
         lpreg.run.main()
@@ -96,7 +96,7 @@ def test_a_failing_job_finishes_its_tracker_as_failed(tmp_path, monkeypatch):
     assert run_in_process(monkeypatch, tmp_path, ["model=hf", "model.path=/nonexistent", *TINY]) == [1]
     assert json.loads((tmp_path / "run" / "summary.json").read_text())["status"] == "failed"
     assert run_in_process(monkeypatch, tmp_path / "ok", TINY) == [0]
-    from lpreg import checkpoint
+    from lpreg.native import checkpoint
 
     state = checkpoint.load_state(checkpoint.latest(tmp_path / "ok" / "run"))
     assert state["wandb_run_id"] == FakeTracker.run_id  # a resumed job reopens the same W&B run
@@ -131,7 +131,7 @@ def test_slurm_launcher_config_composes():
     from conftest import ROOT
     from hydra import compose, initialize_config_dir
 
-    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+    with initialize_config_dir(config_dir=str(ROOT / "lpreg" / "conf"), version_base="1.3"):
         cfg = compose(config_name="config", overrides=["hydra/launcher=submitit_slurm"], return_hydra_config=True)
     assert "SlurmLauncher" in cfg.hydra.launcher._target_
 
@@ -151,7 +151,7 @@ def test_wandb_group_is_the_study_or_the_multirun():
 
 
 def test_multirun_summary_reports_jobs_stopped_from_outside_as_failed(tmp_path):
-    from lpreg.callbacks import collect
+    from lpreg.harness.callbacks import collect
 
     for job, summary in (("0_none_s0", {"status": "completed", "seed": 0}), ("1_none_s1", {"status": "running", "seed": 1})):
         (tmp_path / job).mkdir()

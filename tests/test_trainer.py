@@ -7,7 +7,7 @@ import pytest
 import torch
 from conftest import FAST, compose_cfg, run_cli
 
-from lpreg.metrics import METRICS
+from lpreg.core.metrics import METRICS
 
 
 def read_jsonl(path):
@@ -15,10 +15,10 @@ def read_jsonl(path):
 
 
 def run_train(cfg, job_dir, resume=False):
-    """``lpreg.trainer.train`` as ``run.py`` calls it: local store only, resuming from the job folder if asked."""
-    from lpreg.checkpoint import find_resume
-    from lpreg.tracking import LocalStore
-    from lpreg.trainer import train
+    """``lpreg.native.trainer.train`` as ``run.py`` calls it: local store only, resuming from the job folder if asked."""
+    from lpreg.harness.tracking import LocalStore
+    from lpreg.native.checkpoint import find_resume
+    from lpreg.native.trainer import train
 
     point = find_resume(job_dir) if resume else None
     return train(cfg, job_dir, LocalStore(job_dir, point.state["step"] if point else 0), point)
@@ -59,7 +59,7 @@ def test_smoke_run_logs_every_metric_name_with_finite_loss(smoke_run):
 
 
 def test_parameters_change_and_resume_continues_at_the_right_step(tmp_path):
-    from lpreg.models import load_pretrained, tiny_policy_path
+    from lpreg.native.models import load_pretrained, tiny_policy_path
     from lpreg.tasks import build_task
 
     cfg = compose_cfg([*FAST, "trainer.steps=2", "eval.at_start=false"])
@@ -98,7 +98,7 @@ def test_bad_config_value_fails_clearly_and_records_failure(tmp_path):
 
 
 def test_nonfinite_gradient_skips_the_step(tmp_path, monkeypatch):
-    import lpreg.trainer as T
+    import lpreg.native.trainer as T
 
     monkeypatch.setattr(T.torch.nn.utils, "clip_grad_norm_", lambda *a, **k: torch.tensor(float("nan")))
     cfg = compose_cfg([*FAST, "trainer.steps=1", "eval.at_start=false", "eval.every=0"])
@@ -108,7 +108,7 @@ def test_nonfinite_gradient_skips_the_step(tmp_path, monkeypatch):
 
 
 def test_a_diverged_run_fails(tmp_path, monkeypatch):
-    import lpreg.trainer as T
+    import lpreg.native.trainer as T
 
     monkeypatch.setattr(T.torch.nn.utils, "clip_grad_norm_", lambda *a, **k: torch.tensor(float("nan")))
     cfg = compose_cfg([*FAST, "trainer.steps=5", "trainer.max_bad_steps=2", "eval.at_start=false", "eval.every=0"])

@@ -1,15 +1,14 @@
-"""The embedded task: fixed-width two-operand addition, e.g. prompt ``07+45=`` and answer ``52<eos>``.
+"""The addition task: fixed-width two-operand addition, e.g. prompt ``07+45=`` and answer ``52<eos>``.
 
-Train and held-out test splits are drawn from all operand pairs with ``task.seed`` (fixed across run seeds, so
-every run is scored on the same held-out set). The reward is exact match of the response before the end token;
-a response without the end token (it hit the length limit) earns 0.
+Training, validation and test problems are disjoint sets of operand pairs drawn with ``task.seed`` (fixed across run
+seeds, so every run is scored on the same held-out problems). The reward is exact match of the response before the
+end token; a response without the end token (it hit the length limit) earns 0. Its one answer per problem means the
+low-probability tokens of a response are wrong digits: see the spark task for a testbed where rare tokens matter.
 """
 
 from __future__ import annotations
 
-import random
-
-from lpreg.tasks import TASKS, EvalSet, Problem, Task
+from lpreg.tasks import TASKS, EvalSet, Problem, Task, split3
 
 
 @TASKS.register("arithmetic")
@@ -20,11 +19,9 @@ class Arithmetic(Task):
         self.cfg = cfg
         hi = 10**cfg.digits
         pairs = [(a, b) for a in range(hi) for b in range(hi)]
-        random.Random(cfg.seed).shuffle(pairs)
-        if not 0 < cfg.n_test < len(pairs):
-            raise ValueError(f"task.n_test={cfg.n_test} must be between 1 and {len(pairs) - 1}")
-        self._test = [self._problem(a, b) for a, b in pairs[: cfg.n_test]]
-        self._train = [self._problem(a, b) for a, b in pairs[cfg.n_test :]]
+        train, val, test = split3(pairs, cfg.n_validation, cfg.n_test, cfg.seed, "task.n_validation / task.n_test")
+        self._train = [self._problem(a, b) for a, b in train]
+        self._eval = {"validation": [self._problem(a, b) for a, b in val], "test": [self._problem(a, b) for a, b in test]}
 
     def _problem(self, a: int, b: int) -> Problem:
         w = self.cfg.digits
@@ -33,14 +30,15 @@ class Arithmetic(Task):
     def train_problems(self) -> list[Problem]:
         return self._train
 
-    def eval_sets(self) -> list[EvalSet]:
-        return [EvalSet(self.name, self._test, protocol="greedy")]
+    def eval_sets(self, split: str) -> list[EvalSet]:
+        return [EvalSet(self.name, self._eval[split], protocol="greedy")]
 
     def reward(self, response: str, problem: Problem, finished: bool) -> float:
         return float(finished and response == problem.answer)
 
     def cache_key(self) -> str:
-        return f"arithmetic-d{self.cfg.digits}-s{self.cfg.seed}-t{self.cfg.n_test}"
+        c = self.cfg
+        return f"arithmetic-d{c.digits}-s{c.seed}-t{c.n_test}-v{c.n_validation}"
 
-    def sft_examples(self) -> list[tuple[str, str]]:
+    def sft_examples(self, stage: str = "base") -> list[tuple[str, str]]:
         return [(p.prompt, p.answer) for p in self._train]

@@ -3,25 +3,36 @@
 Rows need ``problem`` and ``answer`` (``data_source`` optional). The paper's five benchmarks and a 2,000-problem
 DAPO-Math-17k sample ship in ``lpreg/data/math/`` (provenance, licenses and checksums in its README);
 ``python -m lpreg.data prepare`` downloads the full sets. Prompts use the R1-Zero template of the reference code.
-Grading follows spec §6 in spirit: the answer is the content of the **last** ``\\boxed{...}`` (brace-balanced); no
-box scores 0; otherwise both sides go through ``normalize_answer`` and the answer is correct if it equals the
-reference after whitespace normalization or if ``math_verify.verify`` says the two parse to equal expressions; an
-empty answer or an empty reference scores 0. The extraction is our own ~15 lines rather than math-verify's
-extractor because the reference only counts the last box (math-verify would also accept unboxed answers). The
-reference's Hendrycks/sympy cascade (prime_math) is not reproduced; math-verify is its last fallback and covers the
-same equivalences in our tests. Evaluation protocol per source: ``task.sampled_sources`` (AIME in the paper) are
-scored avg@k at T=0.6; the rest greedily.
+Grading follows the reference's in spirit: the answer is the content of the **last** ``\\boxed{...}``
+(brace-balanced); no box scores 0; otherwise both sides go through ``normalize_answer`` and the answer is correct if
+it equals the reference after whitespace normalization or if ``math_verify.verify`` says the two parse to equal
+expressions; an empty answer or an empty reference scores 0. Before any of that, the box goes through a structural
+screen (``lpreg/tasks/screen.py``, bounds ``task.screen_max_*``): an answer no legitimate solution needs (a tower of
+exponents, a factorial of a huge number, deep nesting, ...) scores 0 unparsed, and ``reward_screen`` names the
+reason for the trainer's counts. math-verify's own time limits are ``task.parse_timeout_s`` and
+``task.verify_timeout_s``, tighter than its 5 s defaults (whole seconds: they are ``signal.alarm``, active in a
+process's main thread only; in another thread they are off and the worker pool's budget is the only bound).
+The extraction is our own ~15 lines rather than math-verify's extractor because the reference only counts the last
+box (math-verify would also accept unboxed answers). The reference's Hendrycks/sympy cascade (prime_math) is not
+reproduced; math-verify is its last fallback and covers the same equivalences in our tests. Evaluation protocol per
+source: ``task.sampled_sources`` (AIME in the paper) are scored avg@k at T=0.6; the rest greedily. The validation
+split is ``task.n_validation`` problems held out of the training file (a fixed shuffle), scored greedily; the test
+split is the benchmarks.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import random
 import re
+import threading
+from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 
 from lpreg.data import resolve_path
-from lpreg.tasks import TASKS, EvalSet, Problem, Task
+from lpreg.tasks import TASKS, EvalSet, Problem, Task, screen
 
 TEMPLATE = (
     "A conversation between User and Assistant. The user asks a question, and the Assistant solves it. "
@@ -30,16 +41,19 @@ TEMPLATE = (
 )
 
 
+_BRACE = re.compile(r"[{}]")
+
+
 def last_boxed(text: str) -> str | None:
     """Content of the last brace-balanced ``\\boxed{...}`` in ``text``, or None."""
     start = text.rfind("\\boxed{")
     if start < 0:
         return None
     i, depth = start + len("\\boxed{"), 1
-    for j in range(i, len(text)):
-        depth += {"{": 1, "}": -1}.get(text[j], 0)
+    for m in _BRACE.finditer(text, i):  # only the braces: a long box costs little
+        depth += 1 if m.group() == "{" else -1
         if depth == 0:
-            return text[i:j]
+            return text[i:m.start()]
     return None
 
 
@@ -90,20 +104,56 @@ def normalize_answer(answer: str) -> str:
     return _PRIME.sub(lambda m: "^{" + "\\prime" * len(m.group(1)) + "}", text)
 
 
-def grade(response: str, answer: str) -> float:
+@dataclass(frozen=True)
+class Grading:
+    """What grading needs from the task's config: the screen's bounds and math-verify's time limits."""
+
+    limits: Mapping[str, float]  # screen.QUANTITIES name -> bound (task.screen_max_<name>)
+    parse_timeout_s: int  # per math_verify.parse call (the gold and the answer are parsed apart)
+    verify_timeout_s: int  # per comparison inside math_verify.verify
+
+    @classmethod
+    def of(cls, cfg) -> Grading:
+        """From a ``MathTaskConfig`` (or anything with its ``screen_max_*`` and ``*_timeout_s`` fields)."""
+        return cls({q: getattr(cfg, f"screen_max_{q}") for q in screen.QUANTITIES}, cfg.parse_timeout_s,
+                   cfg.verify_timeout_s)
+
+
+@functools.cache
+def default_grading() -> Grading:
+    """``Grading`` of the default ``MathTaskConfig`` (what ``grade`` uses when given none)."""
+    from lpreg.harness.config import MathTaskConfig
+
+    return Grading.of(MathTaskConfig())
+
+
+def screen_reason(response: str, grading: Grading | None = None) -> str | None:
+    """Why the last boxed answer of ``response`` is refused unparsed (``lpreg/tasks/screen.py``), or None."""
+    pred = last_boxed(response)
+    return None if pred is None else screen.reject(pred, (grading or default_grading()).limits)
+
+
+def grade(response: str, answer: str, grading: Grading | None = None) -> float:
     """1.0 if the last boxed answer of ``response`` equals ``answer`` (string or math-verify equality), else 0.0.
 
-    Both sides are normalized (``normalize_answer``); an empty answer or an empty reference never scores.
+    An answer the screen refuses scores 0 before anything parses it. Both sides are normalized
+    (``normalize_answer``); an empty answer or an empty reference never scores. ``grading`` defaults to the
+    default ``MathTaskConfig``'s.
     """
+    grading = grading or default_grading()
     pred = last_boxed(response)
-    if pred is None:
+    if pred is None or screen.reject(pred, grading.limits) is not None:
         return 0.0
     gold = last_boxed(answer)
-    return answers_match(normalize_answer(pred), normalize_answer(answer if gold is None else gold))
+    return answers_match(normalize_answer(pred), normalize_answer(answer if gold is None else gold), grading)
 
 
-def answers_match(pred: str, gold: str) -> float:
-    """1.0 if ``pred`` equals ``gold`` after removing whitespace or by ``math_verify.verify``; empty sides score 0."""
+def answers_match(pred: str, gold: str, grading: Grading | None = None) -> float:
+    """1.0 if ``pred`` equals ``gold`` after removing whitespace or by ``math_verify.verify``; empty sides score 0.
+
+    math-verify's time limits (``grading``) are signals, so they apply in the main thread only; in any other thread
+    they are off (math-verify would refuse to run with them) and only the worker pool's budget bounds the call.
+    """
     from math_verify import parse, verify
 
     pred_key, gold_key = "".join(pred.split()), "".join(gold.split())
@@ -111,8 +161,12 @@ def answers_match(pred: str, gold: str) -> float:
         return 0.0
     if pred_key == gold_key:
         return 1.0
+    grading = grading or default_grading()
+    main = threading.current_thread() is threading.main_thread()
+    parse_s, verify_s = (grading.parse_timeout_s, grading.verify_timeout_s) if main else (None, None)
     try:
-        return float(verify(parse(f"${gold}$"), parse(f"${pred}$")))
+        return float(verify(parse(f"${gold}$", parsing_timeout=parse_s), parse(f"${pred}$", parsing_timeout=parse_s),
+                            timeout_seconds=verify_s))
     except Exception:  # noqa: BLE001 -- sympy raises anything on odd input; the reference counts it as wrong
         return 0.0
 
@@ -153,9 +207,16 @@ class MathTask(Task):
 
     def __init__(self, cfg):
         self.cfg = cfg
-        self._train = read_jsonl(cfg.train_file)
+        self.grading = Grading.of(cfg)
+        train = read_jsonl(cfg.train_file)
+        if cfg.n_validation >= len(train):
+            raise ValueError(f"task.n_validation={cfg.n_validation} must leave training problems in {cfg.train_file} "
+                             f"({len(train)} problems)")
+        order = random.Random(0).sample(train, len(train))  # a fixed shuffle: validation never changes with max_train
+        self._validation = [Problem(p.prompt, p.answer, "validation") for p in order[:cfg.n_validation]]
+        self._train = order[cfg.n_validation:]
         if cfg.max_train:
-            self._train = random.Random(0).sample(self._train, min(cfg.max_train, len(self._train)))
+            self._train = self._train[: cfg.max_train]
         self._eval = []
         for path in cfg.eval_files:
             problems = read_jsonl(path)
@@ -173,17 +234,24 @@ class MathTask(Task):
     def train_problems(self) -> list[Problem]:
         return self._train
 
-    def eval_sets(self) -> list[EvalSet]:
-        return self._eval
+    def eval_sets(self, split: str) -> list[EvalSet]:
+        """``test``: the benchmarks of ``task.eval_files``; ``validation``: ``task.n_validation`` problems held out of
+        the training file (greedy), so tuning never sees a benchmark."""
+        if split == "validation" and not self._validation:
+            raise ValueError("eval.split=validation, but task.n_validation=0 holds no validation problems: set it > 0")
+        return self._eval if split == "test" else [EvalSet("validation", self._validation)]
 
     def reward(self, response: str, problem: Problem, finished: bool) -> float:
-        return grade(response, problem.answer)
+        return grade(response, problem.answer, self.grading)
+
+    def reward_screen(self, response: str, problem: Problem, finished: bool) -> str | None:
+        return screen_reason(response, self.grading)
 
     def reward_key(self, response: str, problem: Problem, finished: bool) -> object:
         return last_boxed(response), problem.answer  # grade() reads only the last box of the response
 
     def reward_warmup(self) -> None:
-        grade("\\boxed{\\frac{1}{2}}", "0.5")  # first parse + verify: about 0.2 s of set-up in a fresh process
+        grade("\\boxed{\\frac{1}{2}}", "0.5", self.grading)  # first parse + verify: about 0.2 s of set-up in a fresh process
 
     def cache_key(self) -> str:
         return f"math-{Path(self.cfg.train_file).name}"

@@ -1,0 +1,135 @@
+"""The spark task, its decision-point metrics, the positive control's loss, and the records of acted-on tokens."""
+
+import math
+
+import pytest
+import torch
+from conftest import compose_cfg
+
+from lpreg.core.losses import REGULARIZERS, LossInputs
+from lpreg.core.losses.control import SparkFloorConfig
+from lpreg.core.losses.lpreg import LpRegConfig, selection
+from lpreg.core.metrics import decision_metrics
+from lpreg.core.reduce import results
+from lpreg.native import decision
+from lpreg.native.models import build_char_tokenizer
+from lpreg.native.rollout import Generation
+from lpreg.native.tokenlog import ActedTokens
+from lpreg.tasks import build_task
+from lpreg.tasks.spark import FORCED, final_answer, longest_response, scratchpad, spark_response
+
+
+def test_responses_of_both_modes_and_their_reward():
+    assert scratchpad(457, 386, 3) == "13,14,08" and spark_response(457, 386, 3) == "?13,14,08:843"
+    assert spark_response(999, 999, 3) == "?18,19,19:1998" and longest_response(3) == 15
+    assert final_answer("?13,14,08:843") == "843" and final_answer("843") == "843"
+    cfg = compose_cfg(["task=spark"]).task
+    task = build_task(cfg)
+    problem = task.train_problems()[0]
+    a, b = (int(x) for x in problem.prompt.rstrip("=").split("+"))
+    assert task.reward(str(a + b), problem, True) == 1.0 and task.reward(str(a + b), problem, False) == 0.0
+    assert task.reward(spark_response(a, b, cfg.digits), problem, True) == 1.0
+    assert task.reward(spark_response(a, b, cfg.digits)[:-1] + "x", problem, True) == 0.0
+    assert cfg.max_response_len >= longest_response(cfg.digits)
+    assert task.reward("?99,99,99:" + str(a + b), problem, True) == 1.0  # the scratchpad is not graded
+
+
+def test_splits_forced_set_and_warm_up_share():
+    cfg = compose_cfg(["task=spark"]).task
+    task = build_task(cfg)
+    train = {p.prompt for p in task.train_problems()}
+    val, test = ({p.prompt for p in task.eval_sets(s)[0].problems} for s in ("validation", "test"))
+    assert len(val) == cfg.n_validation and len(test) == cfg.n_test
+    assert not (train & val) and not (train & test) and not (val & test)
+    main, forced = task.eval_sets("test")
+    assert forced.source == FORCED and forced.diagnostic and len(forced.problems) == cfg.n_forced
+    assert all(p.prompt.endswith("=?") for p in forced.problems)
+    p = forced.problems[0]
+    a, b = (int(x) for x in p.prompt[:-2].split("+"))
+    assert task.reward(spark_response(a, b, cfg.digits)[1:], p, True) == 1.0  # a forced response continues the spark
+    assert not any(q.endswith("?") for q, _ in task.sft_examples("base"))  # practice only in the seeded stage
+    demos = task.sft_examples("seeded")
+    assert sum(t.startswith("?") for _, t in demos) / len(demos) == pytest.approx(cfg.spark_demos, abs=0.005)
+    practice = [(q, t) for q, t in demos if q.endswith("?")]  # the mode after a spark given in the prompt
+    assert len(practice) / len(demos) == pytest.approx(cfg.spark_practice, abs=0.005)
+    q, t = practice[0]
+    a, b = (int(x) for x in q[:-2].split("+"))
+    assert t == spark_response(a, b, cfg.digits)[1:]
+    none = build_task(compose_cfg(["task=spark", "task.spark_demos=0", "task.spark_practice=0"]).task)
+    # the control variant never shows the spark
+    assert not any("?" in q + t for stage in ("base", "seeded") for q, t in none.sft_examples(stage))
+    assert none.cache_key() != task.cache_key()  # so it warms up a model of its own
+
+
+def test_decision_metrics_of_a_rollout():
+    tok = build_char_tokenizer()
+    spark = decision.spark_id(build_task(compose_cfg(["task=spark"]).task), tok)
+    ids = torch.tensor([[spark, 5, 6], [7, 8, 0], [spark, 9, 0], [4, 0, 0]])
+    mask = torch.tensor([[1, 1, 1], [1, 1, 0], [1, 1, 0], [1, 0, 0]], dtype=torch.float)
+    gen = Generation(torch.zeros(4, 1, dtype=torch.long), torch.ones(4, 1), ids, mask, torch.ones(4, dtype=torch.bool),
+                     ["", "", "", ""])
+    flat_logp = torch.full((int(mask.sum()),), -9.0)
+    flat_logp[decision.first_positions(mask)] = torch.log(torch.tensor([0.5, 0.1, 0.3, 0.1]))
+    rewards = torch.tensor([1.0, 0.0, 0.0, 1.0])
+    m = decision.rollout_metrics(spark, flat_logp, gen, rewards, torch.tensor([0.5, -0.5, -0.5, 0.5]))
+    assert m["spark/prob"] == pytest.approx(0.25) and m["spark/usage"] == 0.5
+    assert m["spark/acc_spark"] == 0.5 and m["spark/acc_direct"] == 0.5 and m["spark/neg_adv_frac"] == 0.5
+    assert math.isnan(decision_metrics(torch.ones(2), torch.zeros(2), torch.ones(2), torch.ones(2))["spark/acc_spark"])
+    assert decision.rollout_metrics(None, flat_logp, gen, rewards, rewards) == {}
+
+
+def _inputs(spark_logp, grad=True):
+    """Two responses of 3 tokens; the control reads ``spark_log_prob`` at position 0."""
+    lp = torch.log(torch.tensor([[0.5, 0.9, 0.9], [0.5, 0.9, 0.9]]))
+    target = torch.tensor(spark_logp, dtype=torch.float).requires_grad_(grad)
+    return LossInputs(lp, lp, torch.tensor([[1.0] * 3, [-1.0] * 3]), torch.ones(2, 3),
+                      new={"spark_log_prob": target}), target
+
+
+def test_the_floor_lifts_the_spark_only_below_it():
+    loss = REGULARIZERS.get("spark_floor").loss
+    cfg = SparkFloorConfig(floor=0.2, coef=1.0)
+    below = math.log(0.05)
+    inp, target = _inputs([[below, below, below], [math.log(0.5)] * 3])
+    total, m = loss(inp, cfg)
+    m = results(m)
+    assert m["control/active"] == 1.0  # only response 1's decision point is below the floor
+    assert m["loss/reg"] == pytest.approx((math.log(0.2) - below) / 2)  # mean over the 2 responses
+    total.backward()
+    g = target.grad
+    assert g[0, 0] == pytest.approx(-0.5) and g[0, 1:].abs().sum() == 0 and g[1].abs().sum() == 0  # lifts log p up
+    with pytest.raises(ValueError, match="task=spark"):
+        loss(LossInputs(inp.log_prob, inp.old_log_prob, inp.advantages, inp.response_mask), cfg)
+    assert REGULARIZERS.get("spark_floor").control and not REGULARIZERS.get("lpreg").control
+
+
+def test_acted_token_records_are_the_losss_own_selection():
+    torch.manual_seed(0)
+    tok = build_char_tokenizer()
+    B, R = 6, 5
+    lp = torch.log(torch.rand(B, R) * 0.9 + 0.05)
+    proxy = lp + torch.where(torch.rand(B, R) < 0.5, 0.3, -0.3)  # half the tokens have π_proxy > π_θ
+    adv = torch.tensor([1.0, -1.0, -1.0, 1.0, -1.0, -1.0])[:, None].expand(B, R)
+    mask = torch.ones(B, R)
+    cfg = LpRegConfig(rho=0.5)
+    inp = LossInputs(lp, lp, adv, mask, old={"proxy_log_prob": proxy})
+    _, metrics = REGULARIZERS.get("lpreg").loss(inp, cfg)
+    tokens = torch.randint(3, 20, (B, R))
+    spark = int(tokens[1, 0])
+
+    class MB:
+        rows = slice(0, B)
+
+    rec = ActedTokens(REGULARIZERS.get("lpreg"), cfg, tok, spark, torch.tensor([True, False] * 3), limit=100)
+    share = results(rec.observe(inp, MB, tokens, 0))["spark/reg_share"]
+    reg = selection(inp, cfg)[1]
+    assert len(rec.rows) == int(reg.sum()) == results(metrics)["lpreg/regularized"] > 0
+    for row, (i, t) in zip(rec.rows, reg.nonzero().tolist()):
+        assert row["token"] == tok.decode([int(tokens[i, t])]) and row["position"] == t
+        assert row["adv_sign"] == -1 and row["correct"] == (i % 2 == 0)
+        assert row["p"] == pytest.approx(lp[i, t].exp().item(), abs=1e-6)
+        assert row["p_proxy"] == pytest.approx(proxy[i, t].exp().item(), abs=1e-6) and row["p_proxy"] > row["p"]
+    assert share == pytest.approx(float((reg & (tokens == spark)).sum()) / float(reg.sum()))
+    assert len(rec.sample(3)) == len(rec.rows)
+    rec.limit = 2
+    assert len(rec.sample(3)) == 2 and rec.sample(3) == rec.sample(3)  # a seeded sample
