@@ -65,7 +65,7 @@ def test_every_numeric_field_declares_its_range():
     from lpreg.core.losses import REGULARIZERS
     from lpreg.harness import config
 
-    free = {"seed", "seeds", "eval_seeds", "warmup_seed", "sampler_seed", "cov_lb", "cov_ub", "trial"}
+    free = {"seed", "seeds", "eval_seeds", "warmup_seed", "base_seed", "sampler_seed", "cov_lb", "cov_ub", "trial"}
     schemas = [config.Config, config.TrainerConfig, config.EvalConfig, config.MetricsConfig, config.ObjectiveConfig,
                config.SweepConfig, *(s for group in config.GROUPS.values() for s in group),
                *(r.config for r in REGULARIZERS.entries())]

@@ -69,7 +69,7 @@ class ExitingTask(Task):
 def math_task(tmp_path_factory):
     path = tmp_path_factory.mktemp("data") / "train.jsonl"
     path.write_text(json.dumps({"problem": "1+1?", "answer": "2"}) + "\n")
-    return MathTask(MathTaskConfig(train_file=str(path)))
+    return MathTask(MathTaskConfig(train_file=str(path), n_validation=0))
 
 
 @pytest.fixture(scope="module")
@@ -77,7 +77,7 @@ def grader(tmp_path_factory):
     """Two workers grading math without the screen, so that adversarial answers reach math-verify."""
     path = tmp_path_factory.mktemp("data") / "train.jsonl"
     path.write_text(json.dumps({"problem": "1+1?", "answer": "2"}) + "\n")
-    cfg = MathTaskConfig(train_file=str(path), reward_workers=2, **NO_SCREEN)
+    cfg = MathTaskConfig(train_file=str(path), n_validation=0, reward_workers=2, **NO_SCREEN)
     with RewardGrader(MathTask(cfg), cfg) as g:
         g.wait_ready()
         yield g

@@ -83,7 +83,7 @@ def test_log_records_are_masked_whatever_the_handler(tmp_path):
 def test_sweep_storage_comes_from_the_environment_and_never_reaches_jobs(tmp_path):
     from omegaconf import OmegaConf
 
-    from hydra_plugins.lpreg_sweeper.optuna_sweeper import job_overrides
+    from lpreg.harness.sweep import job_overrides
     from lpreg.harness.pruning import storage_url
 
     sweep = OmegaConf.create({"name": "s", "storage": None})
@@ -128,11 +128,11 @@ def test_a_sweep_and_a_multirun_write_no_secret_in_any_file(tmp_path, monkeypatc
     # SQLite takes no user:password, but a URI parameter named password is passed through and ignored: the study
     # opens from a local file through a URL that carries a password, as a PostgreSQL URL would.
     storage = f"sqlite:///file:{sw}/study.db?mode=rwc&password={PASSWORD}&uri=true"
-    proc = run_cli(["-m", "+sweep=lpreg_core", "sweep.n_trials=2", *TINY, f"sweep.storage='{storage}'", *SECRETS,
-                    f"hydra.sweep.dir={sw}"], cwd=tmp_path)
+    proc = run_cli(["-m", "+sweep=lpreg_core", "sweep.n_trials=2", "sweep.startup_trials=1", *TINY,
+                    f"sweep.storage='{storage}'", *SECRETS, f"hydra.sweep.dir={sw}"], cwd=tmp_path)
     assert json.loads((sw / "study.json").read_text())["storage"] == mask_url(storage)
     assert sorted(p.name for p in sw.glob("trial_*")) == ["trial_0000_s0", "trial_0001_s0"]
-    assert (sw / "sweep_history.png").exists()  # the sweeper reached the study with the real URL
+    assert (sw / "trials.csv").read_text().count("COMPLETE") == 2  # the sweeper reached the study with the real URL
     assert files_holding(sw) == []
     assert PASSWORD not in proc.stdout + proc.stderr and TOKEN not in proc.stdout + proc.stderr
     assert all(b"password=***" in log and b'"api_token":"***"' in log for log in wandb_logs(sw))

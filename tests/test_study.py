@@ -152,7 +152,7 @@ def test_the_study_command_runs_every_arm_and_the_report_is_generated(smoke, tmp
 def test_the_last_mean_objective_leaves_out_the_step_0_evaluation():
     from types import SimpleNamespace
 
-    from lpreg.run import objective
+    from lpreg.harness.summary import objective
 
     cfg = SimpleNamespace(metric="eval/mean", mode="last_mean", last_n=3)
     evals = [{"step": 0, "eval/mean": 0.1}, {"step": 2, "eval/mean": 0.5}, {"step": 4, "eval/mean": 0.7}]

@@ -50,12 +50,16 @@ def test_smoke_run_logs_every_metric_name_with_finite_loss(smoke_run):
     rows = read_jsonl(job / "metrics.jsonl")
     assert [r["step"] for r in rows] == [0, 1, 2, 3]
     keys = set().union(*rows) | set().union(*read_jsonl(job / "timing.jsonl"))
-    tables = {"samples", "policy/sampled_prob_hist", "perf/peak_memory_gb"}  # a table, a histogram, CUDA only
-    expected = {k for k in METRICS if "<" not in k and not k.startswith(("kl_cov/", "highent/"))} - tables
+    # tables and histograms (checked in samples.jsonl / histograms.jsonl), CUDA only
+    tables = {"samples", "acted_tokens", "policy/sampled_prob_hist", "perf/peak_memory_gb"}
+    # another regularizer's or task's own: KL-Cov, 80/20, the spark task's decision point and its control arm
+    others = ("kl_cov/", "highent/", "spark/", "control/")
+    expected = {k for k in METRICS if "<" not in k and not k.startswith(others)} - tables
     expected |= {"eval/arithmetic/greedy", "eval/arithmetic/avg@2", "eval/arithmetic/pass@2", "eval/arithmetic/acc",
                  "timing/rollout", "timing/update", "timing/targets", "sparks/digits/prob"}
     assert expected <= keys, expected - keys
     assert all(math.isfinite(r["loss/total"]) for r in rows[1:])
+    assert {t["name"] for t in read_jsonl(job / "samples.jsonl")} >= {"samples", "acted_tokens"}
 
 
 def test_parameters_change_and_resume_continues_at_the_right_step(tmp_path):
@@ -90,11 +94,12 @@ def test_same_seed_same_config_gives_identical_metrics_files(tmp_path):
     assert (d / "metrics.jsonl").read_bytes() != files[0]
 
 
-def test_bad_config_value_fails_clearly_and_records_failure(tmp_path):
+def test_bad_config_value_fails_clearly_before_any_work(tmp_path):
     proc = run_cli([*FAST, "trainer.steps=1", "trainer.mini_batches=3", f"hydra.run.dir={tmp_path}/run"],
                    cwd=tmp_path, check=False)
-    assert proc.returncode != 0 and "trainer.mini_batches=3" in proc.stderr
-    assert json.loads((tmp_path / "run" / "summary.json").read_text())["status"] == "failed"
+    assert proc.returncode != 0 and "trainer.mini_batches=3 must divide" in proc.stderr
+    # refused when the config is checked: no summary, metrics or checkpoint (only Hydra's own config and log)
+    assert {p.name for p in (tmp_path / "run").iterdir()} <= {".hydra", "run.log"}
 
 
 def test_nonfinite_gradient_skips_the_step(tmp_path, monkeypatch):
