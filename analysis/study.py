@@ -5,8 +5,8 @@ every number computed from the study's runs (nothing typed by hand).
     python analysis/plots.py <its multirun folder> --report docs/embedded_study.md
 
 ``analysis/plots.py`` writes the figures and tables next to the report (``docs/embedded_study/``) and calls
-:func:`write_report`. The verdicts compare measured values with the thresholds of issue 14 and with the paper's
-claims as ``../shared/spec/lpreg_reference.md`` §5 states them; each paragraph gives the numbers it rests on.
+:func:`write_report`. The verdicts compare measured values with the study's design targets (``COLLAPSE``, ``DETECT``) and with the
+paper's claims (its §4-5); each paragraph gives the numbers it rests on.
 
 Per-run quantities (:func:`run_features`), all from ``metrics.jsonl`` and ``summary.json``:
 - entropy at the start and the end: mean of ``policy/entropy`` over the first and the last ``WINDOW`` training steps;
@@ -40,8 +40,8 @@ from lpreg.mdtable import md_table
 from lpreg.runfolder import arm
 
 WINDOW = 10  # training steps averaged for the start and end entropy
-COLLAPSE = 0.70  # issue 14: GRPO ("none") should lose at least this fraction of its initial entropy
-DETECT = 0.05  # issue 14: a 5-point accuracy difference between two arms should be detectable with the seeds run
+COLLAPSE = 0.70  # design target: GRPO ("none") should lose at least this fraction of its initial entropy
+DETECT = 0.05  # design target: a 5-point accuracy difference between two arms should be detectable with the seeds run
 LARGE = "entropy_large"  # the arm of the entropy bonus at a large coefficient (lpreg/conf/arm/entropy_large.yaml)
 PAPER_ENTROPY = "entropy"  # the entropy bonus at the paper's coefficient
 PAPER_BEST_BASELINE = "highent_8020"  # the paper's strongest baseline (80/20, on-policy, Qwen3-14B: 57.51)
@@ -144,7 +144,7 @@ def detectable(df: pd.DataFrame, base: str = "none", power: float | None = None)
 
 
 def noise_text(df: pd.DataFrame, base: str = "none") -> str:
-    """The report's sentence on between-seed noise against issue 14's 5-point requirement."""
+    """The report's sentence on between-seed noise against the study's 5-point design target."""
     halves = detectable(df, base)
     sd = df[df.arm == base].acc
     head = (f"Between-seed SD of the compared accuracy: {100 * statistics.stdev(sd):.1f} points for `{base}` "
@@ -159,7 +159,7 @@ def noise_text(df: pd.DataFrame, base: str = "none") -> str:
             f"Smallest true difference detected with {100 * POWER:.0f}% power (paired t-test): {listed(mdd)} "
             f"points. A {100 * DETECT:.0f}-point difference is detectable with {100 * POWER:.0f}% power for "
             f"{len(ok)} of {len(mdd)} arms" + (f" ({', '.join(f'`{a}`' for a in ok)})" if ok else "")
-            + " (issue 14's requirement).")
+            + " (the study's design target).")
 
 
 def verdict(ok: bool | None) -> str:

@@ -121,6 +121,26 @@ def test_a_killed_sweeper_leaves_nothing_running_and_loses_or_repeats_no_trial(t
     assert trials[0].user_attrs[OWNER] == dead
 
 
+def test_a_trial_cut_in_the_last_batch_is_run_again(tmp_path, monkeypatch):
+    """The kill hits the study's last batch: the re-enqueued copy must still run (it waits; it is not yet a trial)."""
+    import lpreg.harness.sweep as sweep_module
+
+    url = f"sqlite:///{tmp_path}/s.db"
+    dead = {"pid": 1, "host": "h", "start": 1}
+    monkeypatch.setattr(sweep_module, "identity", lambda: dead)
+    last = spec(n_trials=2, seeds=[0, 1], sampler="random")
+    with pytest.raises(KeyboardInterrupt):  # both trials in one batch; the second loses its second job
+        run_study(last, sweep_node(batch_size=2), Launcher(tmp_path, lambda v: float(v["x"]), die_after=3), tmp_path,
+                  url)
+    monkeypatch.setattr(sweep_module, "process_gone", lambda owner: owner == dead)
+    monkeypatch.setattr(sweep_module, "identity", lambda: {"pid": 2, "host": "h", "start": 2})
+    resumed = Launcher(tmp_path, lambda v: float(v["x"]))
+    study = run_study(last, sweep_node(batch_size=2), resumed, tmp_path, url)
+    states = [t.state.name for t in study.trials]
+    assert states == ["COMPLETE", "FAIL", "COMPLETE"] and claimed(study) == 2
+    assert study.trials[2].params == study.trials[1].params and len(resumed.jobs) == 2  # the cut trial, both seeds
+
+
 def protocol_cfg(tmp_path, **kw):
     p = OmegaConf.structured(ProtocolConfig(arms=["lpreg", "none"], lr_grid=[1e-4, 2e-4, 4e-4, 8e-4],
                                             grid_seeds=[0, 1, 2], tune_trials=3, tune_seeds=[0],
@@ -133,14 +153,18 @@ def protocol_cfg(tmp_path, **kw):
 
 
 def test_the_protocols_own_rules_and_departures_from_its_standard():
-    base = OmegaConf.structured(ProtocolConfig())
+    base = OmegaConf.merge(sweep_node(), {"protocol": OmegaConf.structured(ProtocolConfig())})
     assert check(base) == []  # the defaults meet the standard: 4 grid values, 3 seeds a cell, 10 trials, 13 seeds
-    for changes, message in [({"lr_grid": [1e-4, 2e-4, 3e-4, 4e-4]}, "must be log-spaced"),
-                             ({"test_seeds": [0, 100, 101]}, "reuses tuning seeds [0]"),
-                             ({"primary": "gspo"}, "is not one of the arms")]:
+    for changes, message in [({"protocol": {"lr_grid": [1e-4, 2e-4, 3e-4, 4e-4]}}, "must be log-spaced"),
+                             ({"protocol": {"test_seeds": [0, 100, 101]}}, "reuses tuning seeds [0]"),
+                             ({"protocol": {"primary": "gspo"}}, "is not one of the arms"),
+                             ({"direction": "minimize"}, "objective to maximize"),
+                             ({"pruner": "median"}, "set sweep.pruner=none"),
+                             ({"startup_trials": 9}, "leaves TPE nothing to model")]:
         with pytest.raises(ProtocolError, match=message.replace("[", r"\[").replace("]", r"\]")):
             check(OmegaConf.merge(base, changes))
-    short = check(OmegaConf.merge(base, {"lr_grid": [1e-4, 2e-4, 4e-4], "grid_seeds": [0, 1], "test_seeds": [100]}))
+    short = check(OmegaConf.merge(base, {"protocol": {"lr_grid": [1e-4, 2e-4, 4e-4], "grid_seeds": [0, 1],
+                                                      "test_seeds": [100]}}))
     assert short == ["sweep.protocol.lr_grid: 3, below the protocol's standard of 4",
                      "sweep.protocol.grid_seeds: 2, below the protocol's standard of 3",
                      "sweep.protocol.test_seeds: 1, below the protocol's standard of 13"]
@@ -186,3 +210,29 @@ def test_a_best_learning_rate_at_an_end_of_the_grid_extends_it_once(tmp_path):
     ext = record["arms"]["none"]["stage_a"]["extended"]
     assert ext["at"] == "low" and ext["lr"] == pytest.approx(1e-4)
     assert record["arms"]["none"]["stage_a"]["lr"] == 2e-4  # the extension was tried and was not better
+
+
+@pytest.mark.parametrize("sweep_file, overrides", [
+    ("protocol", []),
+    ("protocol_paper", ["backend=verl", "experiment=qwen3_14b_on"]),
+])
+def test_the_shipped_protocol_files_follow_the_protocols_standard(sweep_file, overrides):
+    from conftest import compose_cfg
+
+    from lpreg.harness.protocol import own_space
+
+    cfg = compose_cfg([f"+sweep={sweep_file}", *overrides])
+    p = cfg.sweep.protocol
+    assert check(cfg.sweep) == []  # no departure: 4+ learning rates, 3 seeds a cell, 10 trials, 13 fresh seeds
+    for arm in p.arms:  # every arm's own space exists and leaves the shared learning rate to stage A
+        assert "trainer.lr" not in own_space(p.spaces, arm)
+    assert set(p.spaces) == {a for a in p.arms if a != "none"}
+
+
+def test_stage_b_default_is_the_value_a_run_of_the_experiment_composes():
+    from lpreg.harness.protocol import default_point, own_space
+
+    space = own_space({"lpreg": "lpreg_core_paper"}, "lpreg")
+    assert default_point("lpreg", space, "qwen3_14b_on")["regularizer.rho"] == 0.01  # experiment_reg's value
+    assert default_point("lpreg", space, "qwen25_32b_on")["regularizer.rho"] == 0.005
+    assert default_point("lpreg", own_space({"lpreg": "lpreg_core"}, "lpreg"))["regularizer.rho"] == 0.05  # embedded

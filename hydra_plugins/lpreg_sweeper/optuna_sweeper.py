@@ -64,7 +64,9 @@ class LpregOptunaSweeper(Sweeper):
             return run_protocol(self.config, self.launcher, sweep_dir, storage, job_overrides(arguments))
         (sweep_dir / "study.json").write_text(json.dumps({"storage": mask_url(storage), "study_name": sweep.name}))
         spec = StudySpec(name=sweep.name, params={k: OmegaConf.to_container(v) for k, v in sweep.params.items()},
-                         n_trials=sweep.n_trials, seeds=list(sweep.seeds), fixed=job_overrides(arguments),
+                         n_trials=sweep.n_trials, seeds=list(sweep.seeds),
+                         # selection is on the validation split (a command line that names eval.split wins)
+                         fixed=["eval.split=validation", *job_overrides(arguments)],
                          folder=lambda number, params, seed: f"trial_{number:04d}_s{seed}", sampler=sweep.sampler,
                          sampler_seed=sweep.sampler_seed, startup_trials=sweep.startup_trials,
                          direction=sweep.direction, enqueue=OmegaConf.to_container(sweep.enqueue))

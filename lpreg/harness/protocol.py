@@ -35,7 +35,7 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
-from lpreg.harness.config import SWEEPS
+from lpreg.harness.config import CONF, SWEEPS
 from lpreg.harness.sweep import StudySpec, run_study
 
 log = logging.getLogger(__name__)
@@ -61,12 +61,16 @@ def own_space(spaces: dict, arm: str) -> dict[str, dict]:
     return own
 
 
-def default_point(arm: str, space: dict[str, dict]) -> dict:
-    """The arm's default value of each parameter it tunes (its regularizer schema's defaults), checked against the
-    search space: stage B's trial 0."""
+def default_point(arm: str, space: dict[str, dict], experiment: str | None = None) -> dict:
+    """The arm's default value of each parameter it tunes, checked against the search space: stage B's trial 0. The
+    default is the regularizer schema's value, or the experiment's scale-dependent one where
+    ``conf/experiment_reg/<experiment>/<arm>.yaml`` sets it (as a run of that experiment composes it)."""
     from lpreg.core.losses import REGULARIZERS
 
     defaults = {f.name: f.default for f in dataclasses.fields(REGULARIZERS.get(arm).config)}
+    scale = CONF / "experiment_reg" / str(experiment) / f"{arm}.yaml"
+    if experiment and scale.exists():
+        defaults.update(OmegaConf.to_container(OmegaConf.load(scale)) or {})
     point = {}
     for key, spec in space.items():
         field = key.removeprefix("regularizer.")
@@ -83,11 +87,13 @@ def default_point(arm: str, space: dict[str, dict]) -> dict:
 STANDARD = {"lr_grid": 4, "grid_seeds": 3, "tune_trials": 10, "test_seeds": 13}  # the protocol's minimum counts
 
 
-def check(p) -> list[str]:
-    """The protocol's rules: a log-spaced grid, fresh test seeds (none a tuning seed), the primary arm among the arms
+def check(sweep) -> list[str]:
+    """The protocol's rules for ``sweep`` (its ``protocol`` section): a log-spaced grid, fresh test seeds (none a tuning
+    seed), the primary arm among the arms, an objective to maximize, no pruner, a TPE start-up shorter than stage B
     (refused otherwise); and its standard counts (:data:`STANDARD`: at least 4 grid values, 3 seeds a cell, 10 stage-B
     trials, 13 fresh seeds), whose shortfalls are returned as departures that the record and the report state (a run
     at paper scale may not afford them)."""
+    p = sweep.protocol
     grid = sorted(p.lr_grid)
     ratios = [b / a for a, b in zip(grid, grid[1:])]
     if len(grid) < 2 or any(abs(r / ratios[0] - 1) > 1e-6 for r in ratios):
@@ -97,6 +103,14 @@ def check(p) -> list[str]:
         raise ProtocolError(f"sweep.protocol.test_seeds reuses tuning seeds {reused}: choose seeds no tuning run used")
     if p.primary not in p.arms:
         raise ProtocolError(f"sweep.protocol.primary={p.primary} is not one of the arms {list(p.arms)}")
+    if sweep.direction != "maximize":
+        raise ProtocolError(f"sweep.direction={sweep.direction}: the protocol compares arms on an objective to maximize")
+    if sweep.pruner != "none":  # a pruned grid cell or test seed would bias the mean over seeds it is scored on
+        raise ProtocolError(f"sweep.pruner={sweep.pruner}: the protocol runs every cell and seed to the horizon; "
+                            "set sweep.pruner=none")
+    if not 0 <= sweep.startup_trials < p.tune_trials - 1:  # checked now, not after stage A has run
+        raise ProtocolError(f"sweep.startup_trials={sweep.startup_trials} leaves TPE nothing to model in stage B's "
+                            f"{p.tune_trials} trials (the default point is one of them); lower it")
     counts = {"lr_grid": len(grid), "grid_seeds": len(p.grid_seeds), "tune_trials": p.tune_trials,
               "test_seeds": len(p.test_seeds)}
     out = [f"sweep.protocol.{k}: {counts[k]}, below the protocol's standard of {n}" for k, n in STANDARD.items()
@@ -133,7 +147,7 @@ def run_protocol(cfg, launcher, sweep_dir: Path, storage: str, fixed: list[str])
     from lpreg.redact import mask_url
 
     sweep, p = cfg.sweep, cfg.sweep.protocol
-    departures = check(p)
+    departures = check(sweep)
     path = sweep_dir / PROTOCOL_FILE
     pre = {**preregistration(cfg, fixed), "departures": departures}
     record = json.loads(path.read_text()) if path.exists() else {"preregistration": pre,
@@ -165,10 +179,11 @@ def run_protocol(cfg, launcher, sweep_dir: Path, storage: str, fixed: list[str])
                 n_trials=1, seeds=list(p.grid_seeds), fixed=[*fixed, f"regularizer={arm}", *VALIDATION],
                 folder=lambda n, v, s, arm=arm: f"A_{arm}_lrext_s{s}", sampler="grid", **common),
                 sweep, launcher, sweep_dir, storage, jobs)
-            if ext.best_trial.state.name == "COMPLETE":
-                cells[new] = ext.best_trial.value
-                if ext.best_trial.value > value:
-                    lr, value = new, ext.best_trial.value
+            done = [t for t in ext.trials if t.state.name == "COMPLETE"]
+            if done:  # an extension whose runs failed leaves the grid's own choice
+                cells[new] = done[0].value
+                if done[0].value > value:
+                    lr, value = new, done[0].value
         arms[arm] = {"stage_a": {"cells": {repr(k): v for k, v in sorted(cells.items())}, "lr": lr, "value": value,
                                  "extended": extended}}
         record["arms"] = arms
@@ -181,7 +196,7 @@ def run_protocol(cfg, launcher, sweep_dir: Path, storage: str, fixed: list[str])
             entry["winner"] = {"trainer.lr": lr}
             entry["validation"] = entry["stage_a"]["value"]
             continue
-        default = default_point(arm, space)
+        default = default_point(arm, space, OmegaConf.select(cfg, "hydra.runtime.choices.experiment"))
         study = run_study(StudySpec(
             name=f"{sweep.name}_B_{arm}", params=space, n_trials=p.tune_trials, seeds=list(p.tune_seeds),
             fixed=[*fixed, f"regularizer={arm}", f"trainer.lr={lr}", *VALIDATION],
@@ -192,6 +207,8 @@ def run_protocol(cfg, launcher, sweep_dir: Path, storage: str, fixed: list[str])
                             "default_value": trial0.value if trial0 is not None else None,
                             "trials": {s: sum(t.state.name == s for t in study.trials)
                                        for s in ("COMPLETE", "PRUNED", "FAIL")}}
+        if not any(t.state.name == "COMPLETE" for t in study.trials):
+            raise ProtocolError(f"study {study.study_name}: no stage-B trial completed (see its job folders)")
         entry["winner"] = {"trainer.lr": lr, **study.best_params}
         entry["validation"] = study.best_value
         _write(path, record)

@@ -126,11 +126,11 @@ def _grid_sampler():
 
 def check_spec(spec: StudySpec) -> StudySpec:
     """Refuse a study that cannot do what it says: a grid whose size differs from its trials, TPE with no trial
-    after its start-up."""
+    after its start-up (a study of enqueued points only, ``startup_trials`` 0, samples nothing and is allowed)."""
     if spec.sampler == "grid" and spec.n_trials != grid_size(spec.params):
         raise ValueError(f"sweep {spec.name}: sweep.sampler=grid visits each of its {grid_size(spec.params)} points "
                          f"once; set sweep.n_trials={grid_size(spec.params)} (it is {spec.n_trials})")
-    if spec.sampler == "tpe" and spec.startup_trials >= spec.n_trials - len(spec.enqueue):
+    if spec.sampler == "tpe" and 0 < spec.startup_trials >= spec.n_trials - len(spec.enqueue):
         raise ValueError(f"sweep {spec.name}: sweep.startup_trials={spec.startup_trials} random trials leave TPE "
                          f"nothing to model in {spec.n_trials} trials ({len(spec.enqueue)} enqueued); lower it")
     return spec
@@ -257,9 +257,13 @@ def job_seeds(spec: StudySpec) -> list[int | None]:
 
 
 def claimed(study) -> int:
-    """Trials that count towards ``n_trials``: complete, pruned, failed (unless retried), running, waiting."""
-    return sum(t.state.name in ("COMPLETE", "PRUNED", "RUNNING", "WAITING") or
-               (t.state.name == "FAIL" and not t.user_attrs.get(RETRIED)) for t in study.trials)
+    """Trials that count towards ``n_trials``: complete, pruned, running, and failed unless retried (by this loop's
+    recovery, or by Optuna's stale-trial callback, whose copy names the failed trial). A waiting trial (enqueued: a
+    requested point, or a retry) does not count yet: the loop's next ``ask`` runs it."""
+    retried = {n for t in study.trials for n in t.system_attrs.get("retry_history", [])}
+    return sum(t.state.name in ("COMPLETE", "PRUNED", "RUNNING") or
+               (t.state.name == "FAIL" and not t.user_attrs.get(RETRIED) and t.number not in retried)
+               for t in study.trials)
 
 
 def enqueue_points(study, spec: StudySpec) -> None:
@@ -279,6 +283,11 @@ def run_study(spec: StudySpec, sweep, launcher, sweep_dir: Path, storage: str, j
     enqueue_points(study, spec)
     job_idx = job_idx if job_idx is not None else [0]
     base_seed = study_seed(spec.sampler_seed, spec.name)
+    # Every job writes into this sweep's folder and reports to this study's storage, whatever the sweep file's
+    # folder pattern or storage default would make of the job's own sweep.name (a stage of the protocol has its own).
+    where = [f"hydra.sweep.dir='{Path(sweep_dir).resolve()}'"]
+    if storage.startswith("sqlite") and not sweep.storage:  # a local file: no password to keep out of the jobs
+        where.append(f"sweep.storage='{storage}'")
     while (missing := spec.n_trials - claimed(study)) > 0:
         first = len(study.trials)
         # grid: one seed for the study (the grid's order depends on it, and visited points are kept by their place
@@ -291,7 +300,7 @@ def run_study(spec: StudySpec, sweep, launcher, sweep_dir: Path, storage: str, j
             t.set_user_attr("sampler_seed", base_seed + first)
             values = {k: suggest(t, k, dict(v)) for k, v in spec.params.items()}
             params = [f"{k}={v}" for k, v in values.items()]
-            jobs += [[*spec.fixed, *params, *([f"seed={s}"] if s is not None else []), f"sweep.name={spec.name}",
+            jobs += [[*spec.fixed, *where, *params, *([f"seed={s}"] if s is not None else []), f"sweep.name={spec.name}",
                       f"sweep.trial={t.number}", f"hydra.sweep.subdir={spec.folder(t.number, values, s)}"]
                      for s in job_seeds(spec)]
         error = None
