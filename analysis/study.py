@@ -5,8 +5,8 @@ every number computed from the study's runs (nothing typed by hand).
     python analysis/plots.py <its multirun folder> --report docs/embedded_study.md
 
 ``analysis/plots.py`` writes the figures and tables next to the report (``docs/embedded_study/``) and calls
-:func:`write_report`. The verdicts compare measured values with the study's design targets (``COLLAPSE``, ``DETECT``) and with the
-paper's claims (its §4-5); each paragraph gives the numbers it rests on.
+:func:`write_report`. The verdicts compare measured values with the study's design targets (``COLLAPSE``,
+``DETECT``) and with the paper's claims (its §4-5); each paragraph gives the numbers it rests on.
 
 Per-run quantities (:func:`run_features`), all from ``metrics.jsonl`` and ``summary.json``:
 - entropy at the start and the end: mean of ``policy/entropy`` over the first and the last ``WINDOW`` training steps;

@@ -83,8 +83,8 @@ def test_log_records_are_masked_whatever_the_handler(tmp_path):
 def test_sweep_storage_comes_from_the_environment_and_never_reaches_jobs(tmp_path):
     from omegaconf import OmegaConf
 
-    from lpreg.harness.sweep import job_overrides
     from lpreg.harness.pruning import storage_url
+    from lpreg.harness.sweep import job_overrides
 
     sweep = OmegaConf.create({"name": "s", "storage": None})
     url = f"postgresql://u:{PASSWORD}@h/db"
