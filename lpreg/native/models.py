@@ -31,6 +31,7 @@ from pathlib import Path
 
 import torch
 from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
+from tqdm import tqdm
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerFast, Qwen2Config, Qwen2ForCausalLM
 
 log = logging.getLogger(__name__)
@@ -106,7 +107,8 @@ def supervised_warmup(model, tokenizer, examples: list[tuple[str, str]], steps: 
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / 30))
     model.train()
     losses = []
-    for step in range(steps):
+    bar = tqdm(range(steps), desc="warm-up", unit="step", leave=False, mininterval=1.0)
+    for step in bar:
         batch = rng.sample(examples, min(batch_size, len(examples)))
         input_ids, mask, labels = _sft_batch(tokenizer, batch)
         loss = model(input_ids=input_ids, attention_mask=mask, labels=labels).loss
@@ -116,6 +118,7 @@ def supervised_warmup(model, tokenizer, examples: list[tuple[str, str]], steps: 
         sched.step()
         if step % 50 == 0 or step == steps - 1:
             losses.append(round(loss.item(), 4))
+            bar.set_postfix(loss=losses[-1])
     model.eval()
     return losses
 
