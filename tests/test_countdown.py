@@ -77,3 +77,11 @@ def test_task_splits_rewards_and_breadth():
         nums, tgt = prompt_text.rstrip("=").split(":")
         assert check(demo, tuple(int(x) for x in nums.split(",")), int(tgt)) is not None
     assert prompt((3, 5, 7), 22) == "3,5,7:22="
+
+
+def test_a_problem_space_too_large_to_enumerate_is_refused_before_any_work():
+    from lpreg.harness.config import CountdownTaskConfig
+    from lpreg.tasks.countdown import Countdown
+
+    with pytest.raises(ValueError, match=r"task.max_number=99 with task.n_numbers=4 gives 4,249,575 sets"):
+        Countdown(CountdownTaskConfig(n_numbers=4, max_number=99))

@@ -22,6 +22,7 @@ solution per training problem, drawn from its set (seeded), written with the few
 from __future__ import annotations
 
 import itertools
+import math
 import random
 from fractions import Fraction
 from functools import lru_cache
@@ -29,6 +30,7 @@ from functools import lru_cache
 from lpreg.tasks import TASKS, EvalSet, Problem, Task, split3
 
 OPS = "+-*/"
+MAX_MULTISETS = 5000  # sets of numbers whose expressions the task enumerates (4 numbers up to 16: 3,876)
 
 
 # ---- expressions: trees are numbers or (op, left, right) ------------------------------------------------------
@@ -215,6 +217,10 @@ class Countdown(Task):
 
     def __init__(self, cfg):
         self.cfg = cfg
+        multisets = math.comb(cfg.max_number + cfg.n_numbers - 1, cfg.n_numbers)
+        if multisets > MAX_MULTISETS:  # every multiset's solution set is enumerated when the task is built
+            raise ValueError(f"task.max_number={cfg.max_number} with task.n_numbers={cfg.n_numbers} gives {multisets:,} "
+                             f"sets of numbers to enumerate; at most {MAX_MULTISETS:,} (lower either)")
         rng = random.Random(cfg.seed)
         problems = []
         for numbers in itertools.combinations_with_replacement(range(1, cfg.max_number + 1), cfg.n_numbers):
