@@ -85,3 +85,15 @@ def test_a_problem_space_too_large_to_enumerate_is_refused_before_any_work():
 
     with pytest.raises(ValueError, match=r"task.max_number=99 with task.n_numbers=4 gives 4,249,575 sets"):
         Countdown(CountdownTaskConfig(n_numbers=4, max_number=99))
+
+
+def test_the_enumeration_counts_every_expression_and_finds_known_solutions():
+    from lpreg.tasks.countdown import trees
+
+    # orderings x binary tree shapes (Catalan) x operators: 2 x 1 x 4, 6 x 2 x 16, 24 x 5 x 64
+    assert [len(list(trees(n))) for n in [(1, 2), (1, 2, 3), (1, 2, 3, 4)]] == [8, 192, 7680]
+    # hand-checked: 8/(4/2) = 4 and 8/4/2 = 1 are different solutions, 8/(4/2) and 8*2/4 the same one
+    assert check("8/(4/2)", (8, 4, 2), 4) is not None and check("8/4/2", (8, 4, 2), 4) is None
+    assert canonical(check("8/(4/2)", (8, 4, 2), 4)) == canonical(check("8*2/4", (8, 4, 2), 4))
+    # 6 from 1, 2, 3: a sum, a product, and 2*3/1 (dividing by 1 is a computation of its own; 3/(1/2) is the same one)
+    assert set(solutions((1, 2, 3), 6)) == {canonical(check(e, (1, 2, 3), 6)) for e in ["1+2+3", "1*2*3", "2*3/1"]}
