@@ -292,8 +292,8 @@ def train(cfg, job_dir: Path, tracker, resume: checkpoint.Resume | None = None, 
                 tracker.log_histogram(f"policy/sampled_prob_loghist/{sign}", LOG_HIST_EDGES, counts, step)
             if grades.flags:
                 tracker.log_table("reward_flagged", grades.flagged_rows(problems, gen.texts), step)
-            if recorder.rows:
-                tracker.log_table("acted_tokens", recorder.sample(step), step)
+            if acted := recorder.sample(step):
+                tracker.log_table("acted_tokens", acted, step)
             if cfg.metrics.samples_every and step % cfg.metrics.samples_every == 0:
                 tracker.log_table("samples", _sample_rows(problems, gen, rewards, p, cfg.metrics.samples_n), step)
             pending = None  # the step's checkpoint, written and verified, committed once the step's lines are on disk
