@@ -16,13 +16,17 @@ repeating or losing a trial; all runs share the reporting horizon (``trainer.ste
   ``sweep.startup_trials`` random trials, the arm's default point enqueued as trial 0, ``tune_trials`` trials for
   every arm, on ``tune_seeds``, validation split. An arm with no parameters of its own keeps its stage-A winner.
 - Selection: each arm's winner is its best validation value; the baseline of the primary contrast is the best, on
-  validation, of the arms other than ``primary`` (controls excluded), fixed before stage C runs.
+  validation, of the arms other than ``primary`` (controls excluded), fixed before stage C runs. A tuned arm's value
+  is its best of ``tune_trials`` trials on ``tune_seeds``, an untuned arm's its stage-A cell mean over ``grid_seeds``:
+  the best of several trials is biased upward (the winner's curse), so the choice leans towards tuned arms. That
+  bias touches only which arm becomes the baseline; the contrast itself is scored on fresh seeds in stage C.
 - Stage C: each winner re-run on every ``test_seeds`` seed (none a tuning seed; the warm-up seed follows the run seed,
   so the warm-ups are fresh too), scored on the test split only. One trial per seed.
 - Pre-registration: before the first job, ``protocol.json`` holds the arms, the grid, the seeds, the trial budget,
   the objective, the horizon, any departure from the protocol's standard counts, and the primary contrast
   (``primary`` against the validation-chosen baseline); a later invocation with different values is refused. The
-  report marks every other contrast exploratory and adjusts the family's p-values with Holm's method.
+  report marks every other contrast exploratory and adjusts the family's p-values with Holm's method, the primary
+  contrast included (conservative for it: a verdict needs the primary's adjusted p below α).
 """
 
 from __future__ import annotations
