@@ -112,7 +112,7 @@ def legitimate_answers() -> list[tuple[str, str]]:
     return out
 
 
-# The adversarial kinds (the throughput set measured before the screen), each k-th one with varied numbers.
+# The adversarial kinds of the throughput set (measured before the screen existed), each k-th one with varied numbers.
 ADVERSARIAL = [
     ("tower of exponents", lambda k, rng: f"\\boxed{{9^{{9^{{9^{{{99 + k}}}}}}}}}"),
     ("factorial of a tower", lambda k, rng: f"\\boxed{{10^{{10^{{{10 + k}}}}}!}}"),
