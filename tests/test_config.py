@@ -154,7 +154,7 @@ def test_embedded_values_are_listed_for_a_real_model():
     from lpreg.harness.config import embedded_values
 
     still = embedded_values(compose_cfg(["model=hf", "model.path=/x", "regularizer=lpreg"]))
-    assert any(s.startswith("trainer.lr=0.0003") for s in still) and any(s.startswith("regularizer.rho=") for s in still)
+    assert any(s.startswith("trainer.lr=7.5e-05") for s in still) and any(s.startswith("regularizer.rho=") for s in still)
     changed = compose_cfg(["model=hf", "model.path=/x", "regularizer=lpreg", "trainer.lr=1e-6", "regularizer.rho=0.01"])
     assert not [s for s in embedded_values(changed) if s.startswith(("trainer.lr=", "regularizer.rho="))]
 
