@@ -99,9 +99,12 @@ def stop_on_sigterm() -> None:
         signal.signal(signal.SIGTERM, handler)
 
 
-def refuse_several_processes(env=os.environ) -> None:
+def refuse_several_processes(env=None) -> None:
     """The native trainer is one process: a launch as several (torchrun, SLURM tasks) is refused before any work,
-    since every process would train the same run in the same folder. Many GPUs run through ``backend=verl``."""
+    since every process would train the same run in the same folder. Many GPUs run through ``backend=verl``.
+    ``env`` defaults to the environment read when called: launchers such as submitit pickle this module's functions
+    by value, default arguments included, so a default bound at import would be the submitting process's."""
+    env = os.environ if env is None else env
     world = max(int(env.get("WORLD_SIZE", 1)), int(env.get("SLURM_STEP_NUM_TASKS", 1)))  # torchrun; an srun step
     if world > 1:
         raise SystemExit(f"lpreg.run was launched as {world} processes (WORLD_SIZE / SLURM_STEP_NUM_TASKS): the native "

@@ -19,7 +19,8 @@ def states(storage, name):
 
 
 def test_sweep_runs_resumes_and_reports(tmp_path):
-    args = ["-m", "+sweep=lpreg_core", "sweep.n_trials=3", *TINY, f"hydra.sweep.dir={tmp_path}/sw"]
+    args = ["-m", "+sweep=lpreg_core", "sweep.n_trials=3", "sweep.startup_trials=1", *TINY,
+            f"hydra.sweep.dir={tmp_path}/sw"]
     run_cli(args, cwd=tmp_path)
     sw = tmp_path / "sw"
     storage = json.loads((sw / "study.json").read_text())["storage"]

@@ -37,7 +37,7 @@ from lpreg.verl import extension  # noqa: E402  (verl imports it as external_lib
 from lpreg.verl import losses as vlosses  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
-TINY = ROOT / "lpreg" / "assets" / "tiny-arithmetic-d0f8b9b4cc0e34b7"
+TINY = next((ROOT / "lpreg" / "assets").glob("tiny-arithmetic-seeded-*"))  # the shipped embedded warm-up (seed 0)
 ARMS = [r.name for r in REGULARIZERS.entries() if not r.control]  # controls run natively only
 
 
