@@ -10,7 +10,8 @@ and its documentation; ``scripts/gpu_check.sh`` runs it where vLLM is installed.
   Building the engine reseeds torch: the trainer's RNG state is saved before and restored after.
 - Sleep mode (``rollout.sleep``): the engine sleeps (level 2: weights and KV cache freed) through the log-prob pass
   and the update, and wakes for generation: weights first, then the trainer's weights are pushed (a level-2 wake
-  leaves garbage; ``reload_weights`` would reload the original checkpoint from disk, not the trained weights), then the KV cache.
+  leaves garbage; ``reload_weights`` would reload the original checkpoint from disk, not the trained weights), then
+  the KV cache.
 - Weight sync by parameter name on the GPU, one tensor at a time in the engine's dtype (no full CPU copy of the
   state dict); HF names are accepted by vLLM's ``load_weights`` (q/k/v and gate/up are packed there).
 - Prompts go in as token ids (``TokensPrompt``); each request has its own seed (``SamplingParams.seed``); responses
