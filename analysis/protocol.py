@@ -38,8 +38,7 @@ from analysis.stats import (
     paired_test,
     probability_of_improvement,
 )
-
-PROTOCOL_FILE = "protocol.json"
+from lpreg.harness.protocol import PROTOCOL_FILE
 
 
 def read_protocol(folder: Path) -> dict | None:

@@ -35,7 +35,8 @@ import yaml
 from scipy import stats
 
 from analysis.load import Runs
-from analysis.stats import MIN_CI_N, ci_caption, ci_method, excludes_zero, mean_ci
+from analysis.stats import MIN_CI_N, POWER, ci_caption, ci_method, excludes_zero, mean_ci
+from analysis.stats import detectable as min_detectable
 from lpreg.mdtable import md_table
 from lpreg.runfolder import arm
 
@@ -45,7 +46,6 @@ DETECT = 0.05  # design target: a 5-point accuracy difference between two arms s
 LARGE = "entropy_large"  # the arm of the entropy bonus at a large coefficient (lpreg/conf/arm/entropy_large.yaml)
 PAPER_ENTROPY = "entropy"  # the entropy bonus at the paper's coefficient
 PAPER_BEST_BASELINE = "highent_8020"  # the paper's strongest baseline (80/20, on-policy, Qwen3-14B: 57.51)
-POWER = 0.80  # the power at which the report states the smallest detectable difference
 
 
 def run_features(runs: Runs) -> pd.DataFrame:
@@ -132,14 +132,15 @@ def detectable(df: pd.DataFrame, base: str = "none", power: float | None = None)
       t-test's minimum detectable difference, normal-theory approximation: (t_{n−1, 0.975} + t_{n−1, P}) · s / √n).
       At P = 0.8 and 5 seeds it is 1.35 times the half-width.
 
-    Empty below 3 paired seeds (no interval from fewer, analysis/stats.py). Uses t quantiles at every n (from 10
-    seeds the report's CIs are bootstrap intervals, which have about the same width)."""
+    Empty below 3 paired seeds (no interval from fewer, analysis/stats.py). Uses t quantiles at every n, as the
+    report's t-intervals do."""
     out = {}
     for a in sorted(set(df.arm) - {base}):
         d = paired_diffs(df, "acc", a, base)
         if len(d) >= MIN_CI_N:
-            q = stats.t.ppf(0.975, len(d) - 1) + (stats.t.ppf(power, len(d) - 1) if power else 0.0)
-            out[a] = q * statistics.stdev(d) / math.sqrt(len(d))
+            sd = statistics.stdev(d)
+            out[a] = (min_detectable(sd, len(d), power=power) if power
+                      else stats.t.ppf(0.975, len(d) - 1) * sd / math.sqrt(len(d)))
     return out
 
 
