@@ -55,6 +55,23 @@ def test_splits_forced_set_and_warm_up_share():
     q, t = practice[0]
     a, b = (int(x) for x in q[:-2].split("+"))
     assert t == spark_response(a, b, cfg.digits)[1:]
+    unfinished = build_task(compose_cfg(["task=spark", "task.spark_unfinished=0.8"]).task)
+    demos = unfinished.sft_examples("seeded")
+    practice = [(q, t) for q, t in demos if q.endswith("?")]
+    stopped = [(q, t) for q, t in practice if ":" not in t]  # the column sums, then the end: no answer
+    assert len(stopped) / len(practice) == pytest.approx(0.8, abs=0.01)
+    for q, t in stopped[:50]:
+        a, b = (int(x) for x in q[:-2].split("+"))
+        assert t == scratchpad(a, b, cfg.digits) and unfinished.reward(t, unfinished._problem(a, b, FORCED), True) == 0
+    # each stopped one comes with the answer read off its sums, given in the prompt
+    readouts = {q: t for q, t in demos if q.endswith(":")}
+    assert len(readouts) == len(stopped)
+    for q, t in stopped[:50]:
+        a, b = (int(x) for x in q[:-2].split("+"))
+        assert readouts[q + t + ":"] == str(a + b)
+    assert unfinished.cache_key() != task.cache_key()
+    with pytest.raises(ValueError, match="task.spark_unfinished=0.8 needs task.spark_mode=columns"):
+        build_task(compose_cfg(["task=spark", "task.spark_unfinished=0.8", "task.spark_mode=reversed"]).task)
     none = build_task(compose_cfg(["task=spark", "task.spark_demos=0", "task.spark_practice=0"]).task)
     # the control variant never shows the spark
     assert not any("?" in q + t for stage in ("base", "seeded") for q, t in none.sft_examples(stage))

@@ -6,7 +6,7 @@ A prompt is fixed-width addition, ``457+386=``. Two kinds of correct response:
 - direct: the sum, ``843<eos>``;
 - spark: ``?`` then the column sums from the units up, each as two digits with the carry included, then ``:`` and
   the sum: ``?13,14,08:843<eos>`` (7+6 = 13, 5+8+1 = 14, 4+3+1 = 08). Each column sum depends only on its two digits
-  and the previous column's tens digit, so the mode is local work a small model does reliably once it has practised.
+  and the previous column's tens digit: local work, one column at a time.
 
 The reward is exact match of the final answer (after the last ``:`` in spark mode), and 0 for a response cut at the
 length limit; the scratchpad itself is not graded. The decision point is response position 0: the spark against the
@@ -17,8 +17,10 @@ The supervised warm-up shows the spark on a fraction ``task.spark_demos`` of its
 practises the mode on a further share ``task.spark_practice`` with the spark already in the prompt (the mode's skill,
 not the choice: the base stage does not, as that practice kept the base from learning the direct mode in our runs),
 so the mode is under-practised: early spark rollouts are often wrong and fall in negative-advantage groups.
-``task.spark_demos=0 task.spark_practice=0`` is the control variant in which the warm-up never shows the spark, so no
-arm can use it.
+``task.spark_unfinished`` makes the practised mode fail in one place RL can mend: that share of the practice
+demonstrations stops after the column sums, each with a second demonstration that reads the answer off the sums given
+in the prompt. ``task.spark_demos=0 task.spark_practice=0`` is the control variant in which the warm-up never shows
+the spark, so no arm can use it.
 
 Held-out sets: the split's problems decoded greedily (the policy's own choice of mode), and a diagnostic set
 ``spark_forced``: the first ``task.n_forced`` of them with the spark appended to the prompt, i.e. the spark mode's
@@ -82,6 +84,9 @@ class SparkTask(Task):
         if cfg.max_response_len < need:
             raise ValueError(f"task.max_response_len={cfg.max_response_len} is shorter than the longest spark-mode "
                              f"response of {cfg.digits}-digit addition ({need} tokens)")
+        if cfg.spark_unfinished and cfg.spark_mode != "columns":
+            raise ValueError(f"task.spark_unfinished={cfg.spark_unfinished:g} needs task.spark_mode=columns (the "
+                             f"column sums and the answer after them); task.spark_mode={cfg.spark_mode} has no sums")
         hi = 10**cfg.digits
         codes = range(hi * hi)  # operand pairs a * hi + b; a seeded sample of them for 3 digits or more
         codes = random.Random(cfg.seed).sample(codes, cfg.max_problems) if len(codes) > cfg.max_problems else codes
@@ -119,7 +124,7 @@ class SparkTask(Task):
     def cache_key(self) -> str:
         c = self.cfg
         return (f"spark-d{c.digits}-s{c.seed}-t{c.n_test}-v{c.n_validation}-m{c.max_problems}-"
-                f"f{c.spark_demos:g}-p{c.spark_practice:g}-{c.spark_mode}")
+                f"f{c.spark_demos:g}-p{c.spark_practice:g}-u{c.spark_unfinished:g}-{c.spark_mode}")
 
     def warmup_phases(self) -> list[tuple[str, int, float]]:
         """The base phase (the direct mode, the spark rare), then the practice phase (the spark mode practised)."""
@@ -131,7 +136,8 @@ class SparkTask(Task):
         """Every training problem once, in seeded random modes (``task.seed``): the spark response on a
         ``task.spark_demos`` share; after the base phase (``practice``, ``seeded``) also the spark mode practised
         after a spark already in the prompt on a ``task.spark_practice`` share (it trains the mode without teaching the
-        choice at the decision point); the direct answer on the rest."""
+        choice at the decision point), a ``task.spark_unfinished`` share of those split in two (the sums then the end,
+        and the answer read off the sums); the direct answer on the rest."""
         c = self.cfg
         rng = random.Random(c.seed + 1)
         practice = 0.0 if stage == "base" else c.spark_practice
@@ -141,7 +147,13 @@ class SparkTask(Task):
             if u < c.spark_demos:
                 out.append((self._prompt(a, b), spark_response(a, b, c.digits, c.spark_mode)))
             elif u < c.spark_demos + practice:
-                out.append((self._prompt(a, b) + SPARK, spark_response(a, b, c.digits, c.spark_mode)[1:]))
+                target = spark_response(a, b, c.digits, c.spark_mode)[1:]
+                if c.spark_unfinished and rng.random() < c.spark_unfinished:
+                    sums = target.rsplit(":", 1)[0]
+                    out.append((self._prompt(a, b) + SPARK, sums))  # the column sums, then the end: no answer
+                    out.append((self._prompt(a, b) + SPARK + sums + ":", str(a + b)))  # the answer read off them
+                    continue
+                out.append((self._prompt(a, b) + SPARK, target))
             else:
                 out.append((self._prompt(a, b), str(a + b)))
         return out
