@@ -35,7 +35,7 @@ def test_responses_of_both_modes_and_their_reward():
 
 
 def test_splits_forced_set_and_warm_up_share():
-    cfg = compose_cfg(["task=spark"]).task
+    cfg = compose_cfg(["task=spark", "task.spark_unfinished=0"]).task  # every practice demonstration whole
     task = build_task(cfg)
     train = {p.prompt for p in task.train_problems()}
     val, test = ({p.prompt for p in task.eval_sets(s)[0].problems} for s in ("validation", "test"))

@@ -86,7 +86,8 @@ class SparkTask(Task):
                              f"response of {cfg.digits}-digit addition ({need} tokens)")
         if cfg.spark_unfinished and cfg.spark_mode != "columns":
             raise ValueError(f"task.spark_unfinished={cfg.spark_unfinished:g} needs task.spark_mode=columns (the "
-                             f"column sums and the answer after them); task.spark_mode={cfg.spark_mode} has no sums")
+                             f"column sums and the answer after them); task.spark_mode={cfg.spark_mode} has no sums: "
+                             f"set task.spark_unfinished=0 for it")
         hi = 10**cfg.digits
         codes = range(hi * hi)  # operand pairs a * hi + b; a seeded sample of them for 3 digits or more
         codes = random.Random(cfg.seed).sample(codes, cfg.max_problems) if len(codes) > cfg.max_problems else codes
