@@ -148,13 +148,13 @@ class SparkTask(Task):
             if u < c.spark_demos:
                 out.append((self._prompt(a, b), spark_response(a, b, c.digits, c.spark_mode)))
             elif u < c.spark_demos + practice:
-                target = spark_response(a, b, c.digits, c.spark_mode)[1:]
+                cue = self._prompt(a, b) + SPARK
                 if c.spark_unfinished and rng.random() < c.spark_unfinished:
-                    sums = target.rsplit(":", 1)[0]
-                    out.append((self._prompt(a, b) + SPARK, sums))  # the column sums, then the end: no answer
-                    out.append((self._prompt(a, b) + SPARK + sums + ":", str(a + b)))  # the answer read off them
-                    continue
-                out.append((self._prompt(a, b) + SPARK, target))
+                    sums = scratchpad(a, b, c.digits)
+                    # the column sums, then the end (no answer); and the answer read off them
+                    out += [(cue, sums), (cue + sums + ":", str(a + b))]
+                else:
+                    out.append((cue, spark_response(a, b, c.digits, c.spark_mode)[1:]))
             else:
                 out.append((self._prompt(a, b), str(a + b)))
         return out
