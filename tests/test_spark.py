@@ -12,7 +12,7 @@ from lpreg.core.losses.lpreg import LpRegConfig, selection
 from lpreg.core.metrics import decision_metrics
 from lpreg.core.reduce import results
 from lpreg.native import decision
-from lpreg.native.models import build_char_tokenizer
+from lpreg.native.models import build_char_tokenizer, warmup_key
 from lpreg.native.rollout import Generation
 from lpreg.native.tokenlog import ActedTokens
 from lpreg.tasks import build_task
@@ -69,13 +69,33 @@ def test_splits_forced_set_and_warm_up_share():
     for q, t in stopped[:50]:
         a, b = (int(x) for x in q[:-2].split("+"))
         assert readouts[q + t + ":"] == str(a + b)
-    assert unfinished.cache_key() != task.cache_key()
     with pytest.raises(ValueError, match="task.spark_unfinished=0.8 needs task.spark_mode=columns"):
         build_task(compose_cfg(["task=spark", "task.spark_unfinished=0.8", "task.spark_mode=reversed"]).task)
     none = build_task(compose_cfg(["task=spark", "task.spark_demos=0", "task.spark_practice=0"]).task)
     # the control variant never shows the spark
     assert not any("?" in q + t for stage in ("base", "seeded") for q, t in none.sft_examples(stage))
-    assert none.cache_key() != task.cache_key()  # so it warms up a model of its own
+
+
+def stage_keys(overrides: list[str]) -> dict[str, str]:
+    """The warm-up cache key of each stage of the spark task under ``overrides``."""
+    cfg = compose_cfg(["task=spark", *overrides])
+    task = build_task(cfg.task)
+    phases = [*task.warmup_phases(), ("seeded", cfg.model.seed_steps, cfg.task.warmup_lr)]
+    return {p[0]: warmup_key(cfg.model, task, phases[: i + 1], 0) for i, p in enumerate(phases)}
+
+
+def test_a_warm_up_stage_is_keyed_by_its_own_demonstrations():
+    shipped = stage_keys([])
+    # a practice-only setting rebuilds the practice and seeded stages, not the base stage it does not change
+    for practice_only in ("task.spark_unfinished=0", "task.spark_practice=0.5"):
+        changed = stage_keys([practice_only])
+        assert changed["base"] == shipped["base"]
+        assert changed["practice"] != shipped["practice"] and changed["seeded"] != shipped["seeded"]
+    # the control variant never shows the spark, so it warms up a model of its own from the base stage on
+    control = stage_keys(["task.spark_demos=0", "task.spark_practice=0"])
+    assert control["base"] != shipped["base"]
+    assert stage_keys(["task.seed=7"])["base"] != shipped["base"]  # other problems
+    assert stage_keys(["task.warmup_lr=1e-3"])["base"] != shipped["base"]  # the phase, not only its data
 
 
 def test_decision_metrics_of_a_rollout():

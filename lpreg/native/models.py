@@ -11,8 +11,8 @@ a stage of demonstrations, a number of steps and a learning rate; ``task.warmup_
 Then a seeded stage (``model.seed_steps`` more steps on the task's ``seeded`` demonstrations, batches drawn with
 ``model.warmup_seed``, the run's seed by default), so that every seed starts from a warm-up of its own and the spread
 over seeds includes the warm-up's. Each stage is deterministic, run once, and cached under ``model.cache_dir`` by a
-hash of everything that determines it (architecture, task data, phases, seed). The embedded default's stages for
-seed 0 ship in ``lpreg/assets`` (``python -m lpreg.native.models`` rebuilds them).
+hash of everything that determines it (the architecture, each phase and the demonstrations it trains on, the seed).
+The embedded default's stages for seed 0 ship in ``lpreg/assets`` (``python -m lpreg.native.models`` rebuilds them).
 """
 
 from __future__ import annotations
@@ -127,12 +127,21 @@ ARCHITECTURE = ("vocab_size", "hidden_size", "intermediate_size", "num_layers", 
 
 
 def warmup_key(cfg, task, phases: list, seed: int) -> str:
-    """Hash of everything a cached warm-up stage depends on: the architecture, the task's data, the phases trained so
-    far (each ``(stage, steps, lr)``) and their seed."""
+    """Hash of everything a cached warm-up stage depends on: the architecture, each phase trained so far (its
+    ``(stage, steps, lr)`` and a digest of the demonstrations it trains on), the batch size and the seed.
+
+    Keying by the demonstrations themselves, not by task settings, means a stage is rebuilt exactly when what it
+    learns from changes: a setting that only a later stage reads leaves the earlier stages' keys alone."""
     payload = {k: getattr(cfg, k) for k in ARCHITECTURE}
-    payload.update(task=task.cache_key(), phases=[list(p) for p in phases], batch=task.cfg.warmup_batch_size,
-                   seed=seed, version=WARMUP_VERSION)
+    payload.update(phases=[[*p, demonstrations_digest(task.sft_examples(p[0]))] for p in phases],
+                   batch=task.cfg.warmup_batch_size, seed=seed, version=WARMUP_VERSION)
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def demonstrations_digest(examples: list[tuple[str, str]]) -> str:
+    """A digest of ``(prompt, target)`` demonstrations, order included (the warm-up's batches are drawn from the
+    list by index)."""
+    return hashlib.sha256(json.dumps(examples).encode()).hexdigest()
 
 
 @contextlib.contextmanager

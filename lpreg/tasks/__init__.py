@@ -91,10 +91,6 @@ class Task:
         """How many distinct solutions ``problem`` has (coverage); None when the task does not enumerate them."""
         return None
 
-    def cache_key(self) -> str:
-        """A string identifying everything that shapes the task's data (used by the warm-up cache)."""
-        raise NotImplementedError
-
     def warmup_phases(self) -> list[tuple[str, int, float]]:
         """The shared phases of the supervised warm-up, ``(stage, steps, lr)`` in order (``lpreg/native/models.py``);
         one base phase of ``task.warmup_steps`` at ``task.warmup_lr`` unless a task says otherwise."""

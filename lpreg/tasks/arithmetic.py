@@ -36,9 +36,5 @@ class Arithmetic(Task):
     def reward(self, response: str, problem: Problem, finished: bool) -> float:
         return float(finished and response == problem.answer)
 
-    def cache_key(self) -> str:
-        c = self.cfg
-        return f"arithmetic-d{c.digits}-s{c.seed}-t{c.n_test}-v{c.n_validation}"
-
     def sft_examples(self, stage: str = "base") -> list[tuple[str, str]]:
         return [(p.prompt, p.answer) for p in self._train]

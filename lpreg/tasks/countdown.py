@@ -260,11 +260,6 @@ class Countdown(Task):
         numbers, target = read_prompt(problem.prompt)
         return len(solutions(tuple(sorted(numbers)), target))
 
-    def cache_key(self) -> str:
-        c = self.cfg
-        return (f"countdown-n{c.n_numbers}-m{c.max_number}-t{c.max_target}-s{c.seed}-{c.max_problems}-"
-                f"{c.n_validation}-{c.n_test}")
-
     def _demos(self) -> list[str]:
         rng = random.Random(self.cfg.seed + 1)
         out = []

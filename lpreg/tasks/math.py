@@ -252,6 +252,3 @@ class MathTask(Task):
 
     def reward_warmup(self) -> None:
         grade("\\boxed{\\frac{1}{2}}", "0.5", self.grading)  # first parse + verify: about 0.2 s of set-up in a fresh process
-
-    def cache_key(self) -> str:
-        return f"math-{Path(self.cfg.train_file).name}"

@@ -122,11 +122,6 @@ class SparkTask(Task):
     def reward_key(self, response: str, problem: Problem, finished: bool) -> object:
         return response, problem.answer, problem.source, finished
 
-    def cache_key(self) -> str:
-        c = self.cfg
-        return (f"spark-d{c.digits}-s{c.seed}-t{c.n_test}-v{c.n_validation}-m{c.max_problems}-"
-                f"f{c.spark_demos:g}-p{c.spark_practice:g}-u{c.spark_unfinished:g}-{c.spark_mode}")
-
     def warmup_phases(self) -> list[tuple[str, int, float]]:
         """The base phase (the direct mode, the spark rare), then the practice phase (the spark mode practised)."""
         c = self.cfg
