@@ -1,5 +1,6 @@
 """The spark task, its decision-point metrics, the positive control's loss, and the records of acted-on tokens."""
 
+import json
 import math
 
 import pytest
@@ -48,6 +49,14 @@ def test_splits_forced_set_and_warm_up_share():
     a, b = (int(x) for x in p.prompt[:-2].split("+"))
     assert task.reward(spark_response(a, b, cfg.digits)[1:], p, True) == 1.0  # a forced response continues the spark
     assert not any(q.endswith("?") for q, _ in task.sft_examples("base"))  # practice only in the seeded stage
+    # the ceiling measurement trains on the same problems with the spark forced, graded as the forced set is
+    ceiling = build_task(compose_cfg(["task=spark", "task.spark_unfinished=0", "task.train_forced=true"]).task)
+    assert [q.prompt for q in ceiling.train_problems()] == [q.prompt + "?" for q in task.train_problems()]
+    q = ceiling.train_problems()[0]
+    a, b = (int(x) for x in q.prompt[:-2].split("+"))
+    assert ceiling.reward(spark_response(a, b, cfg.digits)[1:], q, True) == 1.0
+    assert ceiling.reward(str(a + b), q, True) == 0.0  # a forced response is read after the spark
+    assert ceiling.sft_examples("seeded") == task.sft_examples("seeded")  # the same warm-up
     demos = task.sft_examples("seeded")
     assert sum(t.startswith("?") for _, t in demos) / len(demos) == pytest.approx(cfg.spark_demos, abs=0.005)
     practice = [(q, t) for q, t in demos if q.endswith("?")]  # the mode after a spark given in the prompt
@@ -170,3 +179,25 @@ def test_acted_token_records_are_the_losss_own_selection():
     assert share == pytest.approx(float((reg & (tokens == spark)).sum()) / float(reg.sum()))
     rec.limit = 2
     assert len(rec.sample(3)) == 2 and rec.sample(3) == rec.sample(3)  # a seeded sample
+
+
+def test_modes_analysis_decodes_as_the_runs_own_evaluation(tmp_path):
+    """``analysis/modes.py`` on a real (short) spark run: its greedy and forced accuracies over all problems are the
+    run's last evaluation, and its groups partition the split."""
+    from conftest import FAST, run_cli
+
+    from analysis.modes import main
+
+    # one-digit sums, the spark on 40% of the demonstrations: a policy that uses both modes after a short warm-up
+    run_cli([*FAST, "task=spark", "task.digits=1", "task.max_response_len=7", "task.warmup_steps=300",
+             "task.practice_steps=100", "task.spark_demos=0.4", "task.spark_unfinished=0", "task.n_test=20",
+             "task.n_validation=10", "task.n_forced=10", "model.seed_steps=0", "trainer.steps=2", "eval.samples=0",
+             f"hydra.run.dir={tmp_path}/run"], cwd=tmp_path)
+    last = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()][-1]
+    assert main([str(tmp_path / "run"), "--out", str(tmp_path / "modes.md")]) == 0
+    rows = [[c.strip() for c in line.strip("|").split("|")] for line in (tmp_path / "modes.md").read_text().splitlines()[2:]]
+    *groups, total = rows
+    assert total[1] == "all" and int(total[2]) == 20 == sum(int(r[2]) for r in groups)
+    assert [r[1] for r in groups] == ["1", "2"]  # sums without and with a carry into a second digit
+    assert float(total[3]) == pytest.approx(last["eval/spark/greedy"], abs=5e-4)
+    assert float(total[7]) == pytest.approx(last["eval/spark_forced/greedy"], abs=5e-4)

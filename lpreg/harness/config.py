@@ -171,6 +171,10 @@ class SparkTaskConfig(WarmupTaskConfig):
     max_problems: int = ranged(100_000, Range(3))  # operand pairs drawn (all of them when there are fewer)
     seed: int = 1234  # fixes the splits and the warm-up's spark demonstrations; independent of the run seed
     max_response_len: int = ranged(15, AT_LEAST_1)  # the longest 3-digit spark response, end token included
+    # train on the prompts with the spark forced (the spark mode practised by RL, every rollout in it): measures the
+    # mode's ceiling, read off eval/spark_forced (README, "The spark task"); the decision-point metrics then read the
+    # token after the spark
+    train_forced: bool = False
 
 
 @dataclass

@@ -24,7 +24,8 @@ the spark, so no arm can use it.
 
 Held-out sets: the split's problems decoded greedily (the policy's own choice of mode), and a diagnostic set
 ``spark_forced``: the first ``task.n_forced`` of them with the spark appended to the prompt, i.e. the spark mode's
-accuracy when forced (left out of ``eval/mean``).
+accuracy when forced (left out of ``eval/mean``). ``task.train_forced`` trains on the forced prompts instead, so that
+RL practises the spark mode on every problem: the mode's ceiling, against the direct mode that GRPO trains.
 
 How it was designed, and what the embedded model does on it, is measured in the README ("The spark task").
 """
@@ -95,7 +96,7 @@ class SparkTask(Task):
         train, val, test = split3(pairs, cfg.n_validation, cfg.n_test, cfg.seed, "task.n_validation / task.n_test")
         self._train = train
         self._eval = {"validation": val, "test": test}
-        self._problems = [self._problem(a, b) for a, b in train]
+        self._problems = [self._problem(a, b, FORCED if cfg.train_forced else self.name) for a, b in train]
 
     def _prompt(self, a: int, b: int) -> str:
         w = self.cfg.digits
