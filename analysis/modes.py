@@ -6,10 +6,10 @@ the length of the answer.
 
 On the spark task the answer's length separates the problems whose sum carries into a new digit (an answer one digit
 longer than the operands) from the rest, which is where the two modes differ. Per run and group: the problems, greedy
-accuracy, the share decoded in the spark mode, accuracy within each mode, and accuracy with the spark forced. The
-decodes run through the run's own rollout engine at temperature 0, as the held-out evaluation does, so a row's
-greedy accuracy over all groups equals the run's last ``eval/<task>/greedy``. Runs of tasks without a decision point
-or without a checkpoint are listed and skipped.
+accuracy, the share decoded in the spark mode, accuracy within each mode, and accuracy with the spark forced (on the
+run's forced set: the first ``task.n_forced`` problems of the split). The decodes run through the run's own rollout
+engine at temperature 0, as the held-out evaluation does, so the greedy accuracy over all groups equals the run's last
+``eval/<task>/greedy``. Runs of tasks without a decision point or without a checkpoint are listed and skipped.
 """
 
 from __future__ import annotations

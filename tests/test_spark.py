@@ -81,8 +81,17 @@ def test_splits_forced_set_and_warm_up_share():
     with pytest.raises(ValueError, match="task.spark_unfinished=0.8 needs task.spark_mode=columns"):
         build_task(compose_cfg(["task=spark", "task.spark_unfinished=0.8", "task.spark_mode=reversed"]).task)
     none = build_task(compose_cfg(["task=spark", "task.spark_demos=0", "task.spark_practice=0"]).task)
-    # the control variant never shows the spark
+    # the variant without a spark mode never shows the spark
     assert not any("?" in q + t for stage in ("base", "seeded") for q, t in none.sft_examples(stage))
+    # the control variant never shows it as a response, but practises its mode behind a spark in the prompt, and
+    # shows the direct mode as often as the shipped task does
+    def shares(overrides):
+        demos = build_task(compose_cfg(["task=spark", *overrides]).task).sft_examples("seeded")
+        return [sum(map(f, demos)) / len(demos) for f in (lambda d: d[1].startswith("?"), lambda d: d[0].endswith("?"),
+                                                          lambda d: "?" not in d[0] + d[1])]
+    (spark, practice, direct), (spark0, practice0, direct0) = shares([]), shares(["task.spark_demos=0"])
+    assert spark > 0.005 and spark0 == 0 and practice0 == pytest.approx(practice, abs=0.01)
+    assert direct0 == pytest.approx(direct, abs=0.01)
 
 
 def stage_keys(overrides: list[str]) -> dict[str, str]:
@@ -100,9 +109,9 @@ def test_a_warm_up_stage_is_keyed_by_its_own_demonstrations():
         changed = stage_keys([practice_only])
         assert changed["base"] == shipped["base"]
         assert changed["practice"] != shipped["practice"] and changed["seeded"] != shipped["seeded"]
-    # the control variant never shows the spark, so it warms up a model of its own from the base stage on
-    control = stage_keys(["task.spark_demos=0", "task.spark_practice=0"])
-    assert control["base"] != shipped["base"]
+    # the control variants show the spark less, so they warm up models of their own from the base stage on
+    for control in (["task.spark_demos=0"], ["task.spark_demos=0", "task.spark_practice=0"]):
+        assert stage_keys(control)["base"] != shipped["base"]
     assert stage_keys(["task.seed=7"])["base"] != shipped["base"]  # other problems
     assert stage_keys(["task.warmup_lr=1e-3"])["base"] != shipped["base"]  # the phase, not only its data
 

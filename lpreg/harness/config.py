@@ -155,7 +155,8 @@ class SparkTaskConfig(WarmupTaskConfig):
     spark_mode: str = choice("columns", SPARK_MODES)  # what the spark opens: column sums, or the answer reversed
     # The warm-up (measured in the README, "The spark task"): a base phase that learns the direct mode with the spark
     # on spark_demos of the demonstrations, then a practice phase that also practises the spark mode, after a spark
-    # given in the prompt, on spark_practice of them. Both 0: the control variant, where the spark is never shown.
+    # given in the prompt, on spark_practice of them. spark_demos=0: the control variant where the spark starts extinct;
+    # both 0: the variant without a spark mode at all.
     warmup_steps: int = ranged(4000, NON_NEGATIVE)  # 3-digit addition's loss starts to fall at about 1,700 steps
     warmup_lr: float = ranged(2e-3, POSITIVE)
     # p(spark) at the decision point after the warm-up: about spark_demos / (1 - spark_practice), 1-4% measured

@@ -19,8 +19,10 @@ not the choice: the base stage does not, as that practice kept the base from lea
 so the mode is under-practised: early spark rollouts are often wrong and fall in negative-advantage groups.
 ``task.spark_unfinished`` makes the practised mode fail in one place RL can mend: that share of the practice
 demonstrations stops after the column sums, each with a second demonstration that reads the answer off the sums given
-in the prompt. ``task.spark_demos=0 task.spark_practice=0`` is the control variant in which the warm-up never shows
-the spark, so no arm can use it.
+in the prompt. Two control variants: ``task.spark_demos=0`` never shows the spark as a response, so it starts extinct
+at the decision point (its mode is still practised behind a spark given in the prompt, and the direct mode is shown
+as often as in the shipped task, though the base phase it trains learns it differently: README); ``task.spark_demos=0
+task.spark_practice=0`` has no spark mode at all (its practice phase then trains the direct mode alone).
 
 Held-out sets: the split's problems decoded greedily (the policy's own choice of mode), and a diagnostic set
 ``spark_forced``: the first ``task.n_forced`` of them with the spark appended to the prompt, i.e. the spark mode's
