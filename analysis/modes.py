@@ -45,7 +45,7 @@ def last_checkpoint(job: Path) -> Path | None:
     return steps[-1] if steps else None
 
 
-def greedy(engine, encode, task, grader, problems, max_len: int, batch_size: int) -> list[tuple[str, float]]:
+def greedy(engine, encode, grader, problems, max_len: int, batch_size: int) -> list[tuple[str, float]]:
     """``(response, reward)`` of each problem, decoded greedily."""
     out = []
     for s in range(0, len(problems), batch_size):
@@ -76,9 +76,9 @@ def mode_rows(job: Path) -> list[list]:
     engine = build_rollout(cfg.rollout, model, tokenizer, str(ckpt), longest + cfg.task.max_response_len, cfg.seed)
     encode = partial(encode_prompts, tokenizer, max_len=cfg.task.max_prompt_len)
     with RewardGrader(task, cfg.task) as grader:
-        decoded = greedy(engine, encode, task, grader, own, cfg.task.max_response_len, cfg.eval.batch_size)
-        forced_ok = dict(zip(forced, (r for _, r in greedy(engine, encode, task, grader, list(forced.values()),
-                                                           cfg.task.max_response_len, cfg.eval.batch_size))))
+        decoded = greedy(engine, encode, grader, own, cfg.task.max_response_len, cfg.eval.batch_size)
+        forced_ok = dict(zip(forced, (r for _, r in greedy(engine, encode, grader, list(forced.values()),
+                                                     cfg.task.max_response_len, cfg.eval.batch_size))))
     groups = defaultdict(list)
     for p, (text, reward) in zip(own, decoded):
         groups[len(p.answer)].append((p, text.startswith(spark), reward))
