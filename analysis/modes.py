@@ -30,14 +30,9 @@ COLUMNS = ["run", "answer digits", "problems", "greedy", "spark share", "acc | s
 
 def run_config(job: Path):
     """The run's config object, composed again from the overrides Hydra saved in its folder."""
-    from hydra import compose, initialize_config_dir
+    from lpreg.harness.config import compose_config
 
-    from lpreg.harness.config import CONF, register_configs
-
-    register_configs()
-    overrides = OmegaConf.to_container(OmegaConf.load(job / ".hydra" / "overrides.yaml"))
-    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        return OmegaConf.to_object(compose(config_name="config", overrides=overrides))
+    return compose_config(OmegaConf.to_container(OmegaConf.load(job / ".hydra" / "overrides.yaml")))
 
 
 def last_checkpoint(job: Path) -> Path | None:
@@ -45,18 +40,9 @@ def last_checkpoint(job: Path) -> Path | None:
     return steps[-1] if steps else None
 
 
-def greedy(engine, encode, grader, problems, max_len: int, batch_size: int) -> list[tuple[str, float]]:
-    """``(response, reward)`` of each problem, decoded greedily."""
-    out = []
-    for s in range(0, len(problems), batch_size):
-        chunk = problems[s: s + batch_size]
-        gen = engine.generate(encode([p.prompt for p in chunk]), max_len, 0.0, [0] * len(chunk))
-        out += zip(gen.texts, grader.grade(gen.texts, chunk, gen.finished.tolist()).rewards)
-    return out
-
-
 def mode_rows(job: Path) -> list[list]:
     """The table's rows for one run: one per answer length, then all problems."""
+    from lpreg.native.eval import generate_graded
     from lpreg.native.models import load_pretrained
     from lpreg.native.rollout import build_rollout, encode_prompts
     from lpreg.rewards import RewardGrader
@@ -75,12 +61,16 @@ def mode_rows(job: Path) -> list[list]:
     longest = max(len(p.prompt) for p in own) + len(spark)
     engine = build_rollout(cfg.rollout, model, tokenizer, str(ckpt), longest + cfg.task.max_response_len, cfg.seed)
     encode = partial(encode_prompts, tokenizer, max_len=cfg.task.max_prompt_len)
+
+    def greedy(problems):  # (rewards, texts), decoded as the held-out evaluation decodes greedy sources
+        return generate_graded(engine, grader, encode, problems, [0] * len(problems), cfg.task.max_response_len,
+                               0.0, cfg.eval.batch_size)
+
     with RewardGrader(task, cfg.task) as grader:
-        decoded = greedy(engine, encode, grader, own, cfg.task.max_response_len, cfg.eval.batch_size)
-        forced_ok = dict(zip(forced, (r for _, r in greedy(engine, encode, grader, list(forced.values()),
-                                                     cfg.task.max_response_len, cfg.eval.batch_size))))
+        rewards, texts = greedy(own)
+        forced_ok = dict(zip(forced, greedy(list(forced.values()))[0]))
     groups = defaultdict(list)
-    for p, (text, reward) in zip(own, decoded):
+    for p, text, reward in zip(own, texts, rewards):
         groups[len(p.answer)].append((p, text.startswith(spark), reward))
     name = f"{cfg.arm or cfg.regularizer.name} s{cfg.seed}"
     return [row(name, str(k), groups[k], forced_ok) for k in sorted(groups)] + \

@@ -6,8 +6,6 @@ import sys
 from pathlib import Path
 
 import pytest
-from hydra import compose, initialize_config_dir
-from omegaconf import OmegaConf
 
 ROOT = Path(__file__).resolve().parents[1]
 # Small, fast settings shared by the trainer tests (the tiny warm-up is cached once per session).
@@ -30,12 +28,9 @@ def isolated_env(tmp_path_factory):
 
 def compose_cfg(overrides=()):
     """The resolved config object (as ``run.py`` builds it) for ``overrides``."""
-    from lpreg.harness.config import register_configs
+    from lpreg.harness.config import compose_config
 
-    register_configs()
-    with initialize_config_dir(config_dir=str(ROOT / "lpreg" / "conf"), version_base="1.3"):
-        cfg = compose(config_name="config", overrides=list(overrides))
-    return OmegaConf.to_object(cfg)
+    return compose_config(overrides)
 
 
 def run_cli(args, cwd, timeout=600, check=True):

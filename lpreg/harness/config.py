@@ -471,6 +471,16 @@ def register_configs() -> None:
         cs.store(group="sweep", name=path.stem, node=OmegaConf.load(path), package="_global_")
 
 
+def compose_config(overrides=()) -> Config:
+    """The config object for command-line ``overrides``, composed and checked as ``lpreg.run`` does, outside a run
+    (analysis of a run folder, rebuilding the shipped warm-ups)."""
+    from hydra import compose, initialize_config_dir
+
+    register_configs()
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        return OmegaConf.to_object(compose(config_name="config", overrides=list(overrides)))
+
+
 def embedded_values(cfg: Config) -> list[str]:
     """``key=value (real scale: ...)`` for every value still at its embedded-testbed default (see ``embedded``)."""
     out = []

@@ -30,7 +30,7 @@ def pass_ks(n: int) -> list[int]:
     return sorted({2**i for i in range(n.bit_length()) if 2**i < n} | {n})
 
 
-def _generate(engine, grader, encode, problems, seeds, max_new_tokens, temperature, batch_size):
+def generate_graded(engine, grader, encode, problems, seeds, max_new_tokens, temperature, batch_size):
     """``(rewards, texts)`` of one response per problem (``seeds[i]`` for problem i), in batches."""
     rewards, texts = [], []
     for s in range(0, len(problems), batch_size):
@@ -69,14 +69,15 @@ def evaluate(engine, task, cfg, encode, max_new_tokens: int, seed: int, step: in
         key = f"eval/{es.source}"
         if es.protocol == "greedy":
             zeros = [0] * len(es.problems)
-            rewards, _ = _generate(engine, grader, encode, es.problems, zeros, max_new_tokens, 0.0, cfg.batch_size)
+            rewards, _ = generate_graded(engine, grader, encode, es.problems, zeros, max_new_tokens, 0.0,
+                                         cfg.batch_size)
             metrics[f"{key}/greedy"] = metrics[f"{key}/acc"] = _mean(rewards)
         n, temp = (es.samples, es.temperature) if es.protocol == "sampled" else (cfg.samples, cfg.temperature)
         if n > 0:
             rep = [p for p in es.problems for _ in range(n)]
             tag = f"eval/{step}/{es.source}"
             seeds = [request_seed(seed, tag, i, k) for i in range(len(es.problems)) for k in range(n)]
-            c, texts = _generate(engine, grader, encode, rep, seeds, max_new_tokens, temp, cfg.batch_size)
+            c, texts = generate_graded(engine, grader, encode, rep, seeds, max_new_tokens, temp, cfg.batch_size)
             per = [sum(c[i * n: (i + 1) * n]) for i in range(len(es.problems))]
             metrics[f"{key}/avg@{n}"] = _mean(c)
             for k in pass_ks(n):

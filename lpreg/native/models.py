@@ -126,16 +126,23 @@ def supervised_warmup(model, tokenizer, examples: list[tuple[str, str]], steps: 
 ARCHITECTURE = ("vocab_size", "hidden_size", "intermediate_size", "num_layers", "num_heads", "max_positions")
 
 
-def warmup_key(cfg, task, phases: list, seed: int) -> str:
+def warmup_key(cfg, task, phases: list, seed: int, digests: dict[str, str] | None = None) -> str:
     """Hash of everything a cached warm-up stage depends on: the architecture, each phase trained so far (its
     ``(stage, steps, lr)`` and a digest of the demonstrations it trains on), the batch size and the seed.
 
     Keying by the demonstrations themselves, not by task settings, means a stage is rebuilt exactly when what it
-    learns from changes: a setting that only a later stage reads leaves the earlier stages' keys alone."""
+    learns from changes: a setting that only a later stage reads leaves the earlier stages' keys alone. ``digests``
+    (``stage_digests``) saves building the demonstrations again for each stage of one warm-up."""
+    digests = digests or stage_digests(task, phases)
     payload = {k: getattr(cfg, k) for k in ARCHITECTURE}
-    payload.update(phases=[[*p, demonstrations_digest(task.sft_examples(p[0]))] for p in phases],
-                   batch=task.cfg.warmup_batch_size, seed=seed, version=WARMUP_VERSION)
+    payload.update(phases=[[*p, digests[p[0]]] for p in phases], batch=task.cfg.warmup_batch_size, seed=seed,
+                   version=WARMUP_VERSION)
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def stage_digests(task, phases: list) -> dict[str, str]:
+    """The digest of each stage's demonstrations, for the stages of ``phases``."""
+    return {stage: demonstrations_digest(task.sft_examples(stage)) for stage in dict.fromkeys(p[0] for p in phases)}
 
 
 def demonstrations_digest(examples: list[tuple[str, str]]) -> str:
@@ -164,20 +171,21 @@ def tiny_policy_path(cfg, task, cache_dir: str | Path | None = None) -> Path:
     phases (``Task.warmup_phases``) from the random init of ``model.base_seed``, then the seeded stage, each shipped in
     ``lpreg/assets`` when its key matches the config, else built once (atomically, under a file lock) into
     ``model.cache_dir``."""
-    path, done = None, []
-    for phase in task.warmup_phases():
-        done.append(phase)
-        path = _stage(cfg, task, list(done), cfg.base_seed, path, cache_dir)
-    if cfg.seed_steps:
-        done.append(("seeded", cfg.seed_steps, done[-1][2]))
-        path = _stage(cfg, task, done, cfg.warmup_seed, path, cache_dir)
+    shared = task.warmup_phases()
+    phases = shared + ([("seeded", cfg.seed_steps, shared[-1][2])] if cfg.seed_steps else [])
+    digests = stage_digests(task, phases)
+    path = None
+    for i in range(len(phases)):
+        seed = cfg.warmup_seed if i >= len(shared) else cfg.base_seed
+        path = _stage(cfg, task, phases[: i + 1], seed, path, cache_dir, digests)
     return path
 
 
-def _stage(cfg, task, phases: list, seed: int, start: Path | None, cache_dir) -> Path:
+def _stage(cfg, task, phases: list, seed: int, start: Path | None, cache_dir,
+           digests: dict[str, str]) -> Path:
     """The warm-up after ``phases`` (the last one trained here, from ``start`` or, for the first, a random init)."""
     stage, steps, lr = phases[-1]
-    name = f"tiny-{task.name}-{stage}-{warmup_key(cfg, task, phases, seed)}"
+    name = f"tiny-{task.name}-{stage}-{warmup_key(cfg, task, phases, seed, digests)}"
     if cache_dir is None and (ASSETS / name / "config.json").exists():
         return ASSETS / name
     cache = Path(os.path.expanduser(cache_dir or cfg.cache_dir))
@@ -284,16 +292,11 @@ if __name__ == "__main__":
     # Each task's base stage, and its seeded stage of run seed 0, are written into lpreg/assets.
     import sys
 
-    from hydra import compose, initialize_config_dir
-    from omegaconf import OmegaConf
-
-    from lpreg.harness.config import CONF, register_configs
+    from lpreg.harness.config import compose_config
     from lpreg.tasks import build_task
 
     logging.basicConfig(level=logging.INFO)
-    register_configs()
     torch.set_num_threads(1)  # the shipped warm-ups were built single-threaded
     for name in sys.argv[1:] or [None]:
-        with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-            cfg = OmegaConf.to_object(compose(config_name="config", overrides=[f"task={name}"] if name else []))
+        cfg = compose_config([f"task={name}"] if name else [])
         print(tiny_policy_path(cfg.model, build_task(cfg.task), cache_dir=ASSETS))
